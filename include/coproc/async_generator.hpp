@@ -1,0 +1,198 @@
+// coproc/async_generator.hpp — async_generator<R>, what pool::imap and imap_unordered return.
+//
+//   while (auto v = co_await gen.next()) use(*v);
+//
+// The generator pulls its input lazily and keeps a bounded number of chunks in flight
+// (backpressure). Destroying it early cancels every chunk that has not started.
+#pragma once
+
+#include <coproc/detail/handler_slot.hpp>
+#include <coproc/detail/pool_core.hpp>
+
+#include <asio/awaitable.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <cstddef>
+#include <deque>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace coproc {
+
+namespace detail {
+
+/// The shared state of an imap: results by chunk, the parked consumer, the input cursor.
+template <class R> class imap_state : public task_sink {
+  public:
+    imap_state(std::shared_ptr<pool_core> core, bool ordered, std::size_t max_in_flight)
+        : core_(std::move(core)), ordered_(ordered), max_in_flight_(max_in_flight) {}
+
+    void on_result(std::size_t chunk, std::span<const char> payload) override {
+        outcome o;
+        try {
+            reader r(payload);
+            while (r.remaining() != 0) {
+                R v;
+                r(v);
+                o.values.push_back(std::move(v));
+            }
+        } catch (...) {
+            o.values.clear();
+            o.error = std::current_exception();
+        }
+        deliver(chunk, std::move(o));
+    }
+
+    void on_error(std::size_t chunk, std::exception_ptr e) override {
+        outcome o;
+        o.error = std::move(e);
+        deliver(chunk, std::move(o));
+    }
+
+    asio::awaitable<std::optional<R>> next() {
+        for (;;) {
+            std::optional<std::optional<R>> got;
+            bool finished = false;
+            {
+                std::lock_guard lk(m_);
+                got = pop_ready(); // rethrows a task's exception
+                finished = !got && input_done_ && in_flight_ == 0 && arrived_.empty();
+            }
+            refill();
+            if (got)
+                co_return std::move(*got);
+            if (finished)
+                co_return std::nullopt;
+            co_await async_wait_until(
+                m_, waiter_, [this] { return has_ready(); }, asio::use_awaitable);
+        }
+    }
+
+    ~imap_state() override = default;
+
+  protected:
+    /// Encodes the next chunk of input, or returns nullptr when the input is exhausted.
+    virtual job_ptr next_job(std::size_t chunk) = 0;
+
+  private:
+    struct outcome {
+        std::vector<R> values;
+        std::exception_ptr error;
+    };
+
+    // The values (or error) ready for the consumer, under m_.
+    bool has_ready() const {
+        if (!current_.empty() || pending_error_)
+            return true;
+        if (arrived_.empty())
+            return in_flight_ == 0 && input_done_;
+        return !ordered_ || arrived_.begin()->first == next_chunk_;
+    }
+
+    std::optional<std::optional<R>> pop_ready() {
+        for (;;) {
+            if (pending_error_)
+                std::rethrow_exception(std::exchange(pending_error_, nullptr));
+            if (!current_.empty()) {
+                R v = std::move(current_.front());
+                current_.pop_front();
+                return std::optional<R>(std::move(v));
+            }
+            if (arrived_.empty())
+                return std::nullopt;
+            auto it = arrived_.begin();
+            if (ordered_ && it->first != next_chunk_)
+                return std::nullopt;
+            outcome o = std::move(it->second);
+            arrived_.erase(it);
+            ++next_chunk_;
+            for (auto& v : o.values)
+                current_.push_back(std::move(v));
+            pending_error_ = std::move(o.error);
+        }
+    }
+
+    void deliver(std::size_t chunk, outcome o) {
+        std::lock_guard lk(m_);
+        --in_flight_;
+        // Unordered: chunks are numbered by arrival so the map pops them first come.
+        arrived_.emplace(ordered_ ? chunk : arrival_++, std::move(o));
+        if (!waiter_.empty() && has_ready())
+            waiter_.post();
+    }
+
+    /// Submits chunks until max_in_flight_ are in flight or buffered, or input runs out.
+    void refill() {
+        std::vector<job_ptr> jobs;
+        {
+            std::lock_guard lk(m_);
+            while (!input_done_ && in_flight_ + arrived_.size() < max_in_flight_) {
+                job_ptr j = next_job(submitted_);
+                if (!j) {
+                    input_done_ = true;
+                    break;
+                }
+                ++submitted_;
+                ++in_flight_;
+                jobs.push_back(std::move(j));
+            }
+        }
+        if (jobs.empty())
+            return;
+        const std::size_t n = jobs.size();
+        try {
+            core_->submit(std::move(jobs));
+        } catch (...) {
+            std::lock_guard lk(m_);
+            in_flight_ -= n;
+            input_done_ = true;
+            throw;
+        }
+    }
+
+    std::shared_ptr<pool_core> core_;
+    const bool ordered_;
+    const std::size_t max_in_flight_;
+    std::mutex m_;
+    handler_slot waiter_;
+    std::map<std::size_t, outcome> arrived_;
+    std::deque<R> current_;
+    std::exception_ptr pending_error_;
+    std::size_t next_chunk_ = 0;
+    std::size_t arrival_ = 0;
+    std::size_t submitted_ = 0;
+    std::size_t in_flight_ = 0;
+    bool input_done_ = false;
+};
+
+} // namespace detail
+
+/// A lazy, asynchronous sequence of task results.
+template <class R> class async_generator {
+  public:
+    explicit async_generator(std::shared_ptr<detail::imap_state<R>> s) : s_(std::move(s)) {}
+    async_generator(async_generator&&) noexcept = default;
+    async_generator& operator=(async_generator&&) noexcept = default;
+    ~async_generator() {
+        if (s_)
+            s_->cancel();
+    }
+
+    /// The next result, or std::nullopt when all are consumed. Rethrows a task's exception at
+    /// the position of its chunk (imap) or when it arrives (imap_unordered); iteration may go on
+    /// afterwards. Resumes on the awaiting coroutine's executor.
+    asio::awaitable<std::optional<R>> next() {
+        auto s = s_;
+        co_return co_await s->next();
+    }
+
+  private:
+    std::shared_ptr<detail::imap_state<R>> s_;
+};
+
+} // namespace coproc

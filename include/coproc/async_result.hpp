@@ -1,0 +1,189 @@
+// coproc/async_result.hpp — async_result<R>, the handle *_async pool methods return
+// (Python's AsyncResult), usable from plain blocking code and from coroutines.
+//
+//   ready() successful() wait() wait_for(d) get() get_for(d) async_get()
+//
+// Callbacks given to apply_async/map_async/starmap_async run once, in the parent, on the
+// pool's event loop thread, before ready() turns true.
+#pragma once
+
+#include <coproc/detail/handler_slot.hpp>
+#include <coproc/detail/pool_core.hpp>
+#include <coproc/error.hpp>
+
+#include <asio/awaitable.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+namespace coproc {
+
+namespace detail {
+
+/// Where a call's outcome lands: a value or an exception, set once.
+template <class R> class completion {
+  public:
+    using stored = wire_result_t<R>;
+    using callback_t = std::function<void(stored)>;
+    using error_callback_t = std::function<void(std::exception_ptr)>;
+
+    explicit completion(std::shared_ptr<pool_core> core, callback_t cb = {},
+                        error_callback_t ecb = {})
+        : core_(std::move(core)), callback_(std::move(cb)), error_callback_(std::move(ecb)) {}
+
+    void set_value(stored v) {
+        {
+            std::lock_guard lk(m_);
+            if (done_)
+                return;
+            done_ = true;
+            value_.emplace(std::move(v));
+        }
+        if (callback_)
+            run_callback([&] { callback_(*value_); });
+        publish();
+    }
+
+    void set_error(std::exception_ptr e) {
+        {
+            std::lock_guard lk(m_);
+            if (done_)
+                return;
+            done_ = true;
+            error_ = std::move(e);
+        }
+        if (error_callback_)
+            run_callback([&] { error_callback_(error_); });
+        publish();
+    }
+
+    bool ready() const noexcept { return ready_.load(std::memory_order_acquire); }
+
+    bool successful() const {
+        if (!ready())
+            throw error("async_result::successful() called before the result is ready");
+        return !error_;
+    }
+
+    void wait() {
+        if (ready())
+            return;
+        core_->check_blocking("async_result::wait()");
+        std::unique_lock lk(m_);
+        cv_.wait(lk, [&] { return ready(); });
+    }
+
+    template <class Rep, class Period> bool wait_for(std::chrono::duration<Rep, Period> d) {
+        if (ready())
+            return true;
+        core_->check_blocking("async_result::wait_for()");
+        std::unique_lock lk(m_);
+        return cv_.wait_for(lk, d, [&] { return ready(); });
+    }
+
+    /// The value (a copy, so get() may be called again) or the task's exception.
+    stored get() {
+        wait();
+        if (error_)
+            std::rethrow_exception(error_);
+        return *value_;
+    }
+
+    /// The value, moved out: for a single consumer (the awaitable pool methods).
+    stored take() {
+        if (error_)
+            std::rethrow_exception(error_);
+        return std::move(*value_);
+    }
+
+    asio::awaitable<void> async_wait() {
+        co_await async_wait_until(
+            m_, waiter_, [this] { return ready(); }, asio::use_awaitable);
+    }
+
+  private:
+    template <class F> static void run_callback(F&& f) noexcept {
+        try {
+            f();
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "coproc: a result callback threw: %s\n", e.what());
+        } catch (...) {
+            std::fprintf(stderr, "coproc: a result callback threw a non-standard exception\n");
+        }
+    }
+
+    void publish() {
+        std::unique_lock lk(m_);
+        ready_.store(true, std::memory_order_release);
+        waiter_.post();
+        lk.unlock();
+        cv_.notify_all();
+    }
+
+    std::shared_ptr<pool_core> core_;
+    callback_t callback_;
+    error_callback_t error_callback_;
+    std::mutex m_;
+    std::condition_variable cv_;
+    std::atomic<bool> ready_{false};
+    bool done_ = false;
+    std::optional<stored> value_;
+    std::exception_ptr error_;
+    handler_slot waiter_;
+};
+
+} // namespace detail
+
+/// The eventual outcome of an `*_async` pool call.
+template <class R> class async_result {
+  public:
+    explicit async_result(std::shared_ptr<detail::completion<R>> c) : c_(std::move(c)) {}
+
+    /// True once the task has finished (and its callback has run).
+    bool ready() const noexcept { return c_->ready(); }
+    /// True if the task returned rather than threw; throws coproc::error if !ready().
+    bool successful() const { return c_->successful(); }
+    /// Blocks until ready. Throws coproc::error on the pool's own loop thread.
+    void wait() { c_->wait(); }
+    /// Blocks until ready or `d` passed; returns ready().
+    template <class Rep, class Period> bool wait_for(std::chrono::duration<Rep, Period> d) {
+        return c_->wait_for(d);
+    }
+    /// Blocks until ready, then returns the result or rethrows the task's exception.
+    R get() {
+        if constexpr (std::is_void_v<R>)
+            c_->get();
+        else
+            return c_->get();
+    }
+    /// As get(), but throws coproc::timeout_error if not ready within `d`.
+    template <class Rep, class Period> R get_for(std::chrono::duration<Rep, Period> d) {
+        if (!c_->wait_for(d))
+            throw timeout_error("async_result::get_for(): the result was not ready in time");
+        return get();
+    }
+    /// Suspends the awaiting coroutine until ready; resumes on its executor.
+    asio::awaitable<R> async_get() {
+        auto c = c_;
+        co_await c->async_wait();
+        if constexpr (std::is_void_v<R>)
+            c->get();
+        else
+            co_return c->get();
+    }
+
+  private:
+    std::shared_ptr<detail::completion<R>> c_;
+};
+
+} // namespace coproc

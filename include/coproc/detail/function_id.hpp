@@ -1,0 +1,154 @@
+// coproc/detail/function_id.hpp — how a task function travels to a worker.
+//
+// A worker is a fork of the parent, so code addresses are the same on both sides. A task is
+// sent as two offsets from a fixed anchor: its `task_entry` (a constant made per function
+// signature, holding a magic number, the signature's hash and the invoker that decodes the
+// arguments, calls the function and encodes the result) and the function itself. The worker
+// checks that both offsets land in mapped code/data of the process, that the magic matches and
+// that the entry's signature hash equals the one in the frame before calling anything, so a
+// stray or forged frame is an error, not a jump into the unknown.
+#pragma once
+
+#include <coproc/serialize.hpp>
+
+#include <cstdint>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+namespace coproc::detail {
+
+template <class> inline constexpr bool dependent_false = false;
+
+/// The compiler's spelling of `T`, e.g. "int (*)(int, int)".
+template <class T> constexpr std::string_view type_name() {
+    std::string_view p = __PRETTY_FUNCTION__;
+    auto b = p.find("T = ") + 4;
+    auto e = p.find_first_of(";]", b);
+    return p.substr(b, e - b);
+}
+
+constexpr std::uint64_t fnv1a(std::string_view s) {
+    std::uint64_t h = 14695981039346656037ull;
+    for (char c : s) {
+        h ^= static_cast<unsigned char>(c);
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+template <class F>
+concept function_pointer = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
+
+template <class F>
+concept converts_to_function_pointer = requires(F f) {
+    { +f } -> function_pointer;
+};
+
+/// `f` as a plain function pointer; anything else fails to compile with a reason.
+template <class F> constexpr auto to_function_pointer(F f) {
+    if constexpr (function_pointer<F>) {
+        return f;
+    } else if constexpr (std::is_class_v<F> && converts_to_function_pointer<F>) {
+        return +f;
+    } else if constexpr (std::is_class_v<F> && !std::is_empty_v<F>) {
+        static_assert(dependent_false<F>,
+                      "task function must be a plain function or captureless lambda; got a "
+                      "lambda with captures or a function object with state (pass the state "
+                      "as an argument instead)");
+    } else if constexpr (std::is_class_v<F>) {
+        static_assert(dependent_false<F>,
+                      "task function must be a plain function or captureless lambda; got a "
+                      "generic lambda or a function object without a function-pointer "
+                      "conversion (give the lambda's parameters concrete types)");
+    } else {
+        static_assert(dependent_false<F>,
+                      "task function must be a plain function or captureless lambda");
+    }
+}
+
+template <class F> using function_pointer_t = decltype(to_function_pointer(std::declval<F>()));
+
+/// What travels back for a function returning void.
+template <class R> using wire_result_t = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+
+template <class Fp> struct fn_traits;
+template <class R, class... A> struct fn_traits<R (*)(A...)> {
+    using result = std::decay_t<R>;
+    using wire_result = wire_result_t<result>;
+    using args = std::tuple<std::decay_t<A>...>;
+    using params = std::tuple<A...>;
+    static constexpr std::size_t arity = sizeof...(A);
+};
+template <class R, class... A> struct fn_traits<R (*)(A...) noexcept> : fn_traits<R (*)(A...)> {};
+
+/// The result type of task function `F`.
+template <class F> using task_result_t = typename fn_traits<function_pointer_t<F>>::result;
+/// The decayed argument tuple of task function `F`.
+template <class F> using task_args_t = typename fn_traits<function_pointer_t<F>>::args;
+
+using erased_fn = void (*)();
+/// Decodes `count` argument tuples from `in`, calls `fn` on each and encodes each result to
+/// `out`; `done` counts the items finished (so an error can name the item that threw).
+using invoke_fn = void (*)(erased_fn fn, reader& in, writer& out, std::uint64_t count,
+                           std::uint64_t& done);
+
+inline constexpr std::uint64_t entry_magic = 0x636f70726f632131ull; // "coproc!1"
+
+struct task_entry {
+    std::uint64_t magic;
+    std::uint64_t signature;
+    invoke_fn invoke;
+    std::string_view name; // the function's type, for error messages
+};
+
+template <class Param, class T> decltype(auto) pass_arg(T& v) {
+    if constexpr (std::is_lvalue_reference_v<Param>)
+        return (v);
+    else
+        return std::move(v);
+}
+
+template <class Fp, std::size_t... I>
+decltype(auto) call_with(Fp fn, typename fn_traits<Fp>::args& a, std::index_sequence<I...>) {
+    using params = typename fn_traits<Fp>::params;
+    return fn(pass_arg<std::tuple_element_t<I, params>>(std::get<I>(a))...);
+}
+
+template <class Fp>
+void invoke_task(erased_fn raw, reader& in, writer& out, std::uint64_t count, std::uint64_t& done) {
+    using traits = fn_traits<Fp>;
+    auto fn = reinterpret_cast<Fp>(raw);
+    constexpr auto seq = std::make_index_sequence<traits::arity>{};
+    for (done = 0; done < count; ++done) {
+        typename traits::args a;
+        try {
+            in(a);
+        } catch (const cereal::Exception& e) {
+            throw_malformed("task arguments", e.what());
+        }
+        if constexpr (std::is_void_v<typename traits::result>) {
+            call_with(fn, a, seq);
+            out(std::monostate{});
+        } else {
+            const typename traits::result r = call_with(fn, a, seq);
+            out(r);
+        }
+    }
+}
+
+template <class Fp>
+inline constexpr task_entry task_entry_for{entry_magic, fnv1a(type_name<Fp>()), &invoke_task<Fp>,
+                                           type_name<Fp>()};
+
+/// The fixed point offsets are measured from (defined in the library).
+extern const char function_anchor;
+
+inline std::int64_t offset_of(const void* p) noexcept {
+    return static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(p) -
+                                     reinterpret_cast<std::uintptr_t>(&function_anchor));
+}
+
+} // namespace coproc::detail

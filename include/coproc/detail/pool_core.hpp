@@ -1,0 +1,106 @@
+// coproc/detail/pool_core.hpp — the non-template heart of a pool (implemented in lib/).
+//
+// A call (apply, map, imap...) becomes one or more jobs: a request frame already encoded on
+// the caller's thread plus the sink that receives its outcome. The core queues jobs, hands
+// them to the least-loaded live worker, batches frames per write, reads replies, replaces
+// dead workers and fails exactly the task a dead worker was running.
+#pragma once
+
+#include <coproc/detail/function_id.hpp>
+#include <coproc/detail/wire.hpp>
+#include <coproc/options.hpp>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <sys/types.h>
+#include <thread>
+#include <vector>
+
+namespace coproc::detail {
+
+/// Receives the outcome of the jobs of one call. Called on the pool's event loop, possibly
+/// from several threads at once if that loop is run by several threads.
+class task_sink : public std::enable_shared_from_this<task_sink> {
+  public:
+    virtual ~task_sink() = default;
+    /// Job `chunk` returned; `payload` holds its results, valid during the call only.
+    virtual void on_result(std::size_t chunk, std::span<const char> payload) = 0;
+    virtual void on_error(std::size_t chunk, std::exception_ptr e) = 0;
+    /// Jobs of a cancelled sink that have not been sent yet are dropped.
+    bool cancelled() const noexcept { return cancelled_.load(std::memory_order_relaxed); }
+    void cancel() noexcept { cancelled_.store(true, std::memory_order_relaxed); }
+
+  private:
+    std::atomic<bool> cancelled_{false};
+};
+
+struct job {
+    std::vector<char> frame; // the request frame; its id is set when submitted
+    std::shared_ptr<task_sink> sink;
+    std::size_t chunk = 0;
+    std::uint64_t id = 0;
+    std::string_view name; // the function's type, for error messages
+};
+using job_ptr = std::unique_ptr<job>;
+
+void append_task_prefix(std::vector<char>& out, const task_entry* entry, erased_fn fn);
+
+/// Encodes a request running `fn` over the items `write_items(writer&)` writes; it returns
+/// how many it wrote.
+template <class Fp, class WriteItems>
+job_ptr make_job(Fp fn, WriteItems&& write_items, std::shared_ptr<task_sink> sink,
+                 std::size_t chunk) {
+    auto j = std::make_unique<job>();
+    auto& out = j->frame;
+    const auto at = begin_frame(out, frame_kind::task, 0, 0);
+    append_task_prefix(out, &task_entry_for<Fp>, reinterpret_cast<erased_fn>(fn));
+    std::uint64_t count;
+    {
+        writer w(out);
+        count = static_cast<std::uint64_t>(write_items(w));
+    }
+    end_frame(out, at, count);
+    j->sink = std::move(sink);
+    j->chunk = chunk;
+    j->name = task_entry_for<Fp>.name;
+    return j;
+}
+
+class pool_core {
+  public:
+    /// Forks the workers. `own_loop` is the id of the thread running `ex` when the pool owns
+    /// that thread (so blocking calls made on it can be refused).
+    static std::shared_ptr<pool_core> create(asio::any_io_executor ex, pool_options opts,
+                                             std::thread::id own_loop = {});
+    virtual ~pool_core() = default;
+
+    /// Queues jobs; throws pool_closed if the pool no longer accepts tasks.
+    virtual void submit(job_ptr j) = 0;
+    virtual void submit(std::vector<job_ptr> jobs) = 0;
+
+    /// Throws pool_closed (or the initializer's failure) if no new task would be accepted.
+    virtual void check_open() const = 0;
+    virtual void close() = 0;
+    virtual void terminate() = 0;
+    virtual void join() = 0;
+    virtual asio::awaitable<void> async_join() = 0;
+    /// terminate(), then reap every worker without the event loop and release all I/O objects.
+    virtual void shutdown() noexcept = 0;
+
+    virtual std::size_t size() const noexcept = 0;
+    virtual std::vector<pid_t> pids() const = 0;
+    /// True when called on a thread that runs this pool's event loop, where blocking would
+    /// deadlock.
+    virtual bool on_loop_thread() const noexcept = 0;
+    /// Throws coproc::error if a blocking wait here would deadlock; `what` names the call.
+    void check_blocking(const char* what) const;
+};
+
+} // namespace coproc::detail

@@ -1,0 +1,23 @@
+// coproc/options.hpp — pool_options, the knobs of a pool (Python's Pool() arguments).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+
+namespace coproc {
+
+struct pool_options {
+    /// Number of worker processes; 0 means std::thread::hardware_concurrency().
+    std::size_t processes = 0;
+    /// Run once in each worker when it starts. If it throws, the pool fails every task with
+    /// coproc::error naming the exception, and starts no more workers.
+    void (*initializer)() = nullptr;
+    /// 0: a worker runs any number of tasks; else a worker is replaced after this many tasks
+    /// (a chunk of map/imap counts as one task, as in Python). No task is lost.
+    std::size_t maxtasksperchild = 0;
+    /// 0: no limit; else a task running longer is failed with coproc::timeout_error and its
+    /// worker is killed and replaced.
+    std::chrono::milliseconds task_timeout{0};
+};
+
+} // namespace coproc

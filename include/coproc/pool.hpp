@@ -1,0 +1,375 @@
+// coproc/pool.hpp — pool, a pool of forked worker processes (Python's multiprocessing.Pool).
+//
+//   coproc::pool pool(4);                                  // runs its own event-loop thread
+//   coproc::pool pool(io.get_executor(), {.processes = 4}); // runs on the caller's io_context
+//
+//   co_await pool.apply(f, a, b)            co_await pool.map(f, items [, chunksize])
+//   co_await pool.starmap(f, tuples)        pool.imap(f, items) / imap_unordered -> generator
+//   pool.apply_async(f, {a, b}, cb, ecb)    pool.map_async / starmap_async -> async_result
+//   close() terminate() join() async_join() size() pids()
+//
+// Task functions are plain functions or captureless lambdas; arguments and results are
+// cereal-serializable (see serialize.hpp). A call is submitted when the method is called;
+// co_await (or get()) waits for its outcome. Awaitables resume on the awaiting coroutine's
+// executor. Errors: see error.hpp.
+//
+// Cancellation: destroying an imap generator cancels its chunks that have not started.
+// An awaited apply/map keeps running if the awaiting coroutine is destroyed; its result is
+// dropped.
+#pragma once
+
+#include <coproc/async_generator.hpp>
+#include <coproc/async_result.hpp>
+#include <coproc/detail/pool_core.hpp>
+#include <coproc/error.hpp>
+#include <coproc/options.hpp>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <ranges>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace coproc {
+
+namespace detail {
+
+struct own_loop;
+
+/// Python's default chunksize: ceil(n / (4 * workers)), at least 1.
+constexpr std::size_t default_chunksize(std::size_t n, std::size_t workers) noexcept {
+    const std::size_t d = 4 * std::max<std::size_t>(workers, 1);
+    return std::max<std::size_t>(1, n / d + (n % d != 0));
+}
+
+template <class T> using value_t = wire_result_t<T>;
+
+template <class T> asio::awaitable<T> await_completion(std::shared_ptr<completion<T>> c) {
+    co_await c->async_wait();
+    if constexpr (std::is_void_v<T>)
+        c->take();
+    else
+        co_return c->take();
+}
+
+/// Sink of a single-task call (apply): decodes one value into the completion.
+template <class T> class value_sink final : public task_sink {
+  public:
+    explicit value_sink(std::shared_ptr<completion<T>> c) : c_(std::move(c)) {}
+    void on_result(std::size_t, std::span<const char> payload) override {
+        try {
+            value_t<T> v;
+            deserialize_from(payload, v);
+            c_->set_value(std::move(v));
+        } catch (...) {
+            c_->set_error(std::current_exception());
+        }
+    }
+    void on_error(std::size_t, std::exception_ptr e) override { c_->set_error(std::move(e)); }
+
+  private:
+    std::shared_ptr<completion<T>> c_;
+};
+
+/// Sink of a chunked call (map, starmap): chunk k holds items [k*chunksize, ...).
+template <class T> class map_sink final : public task_sink {
+  public:
+    map_sink(std::shared_ptr<completion<std::vector<T>>> c, std::size_t n, std::size_t chunksize)
+        : c_(std::move(c)), results_(n), chunksize_(chunksize),
+          remaining_((n + chunksize - 1) / chunksize) {}
+
+    void on_result(std::size_t chunk, std::span<const char> payload) override {
+        try {
+            const std::size_t first = chunk * chunksize_;
+            const std::size_t last = std::min(first + chunksize_, results_.size());
+            reader r(payload);
+            for (std::size_t i = first; i < last; ++i) {
+                T v;
+                r(v);
+                results_[i] = std::move(v);
+            }
+        } catch (...) {
+            return on_error(chunk, std::current_exception());
+        }
+        if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1)
+            c_->set_value(std::move(results_));
+    }
+
+    void on_error(std::size_t, std::exception_ptr e) override {
+        if (!failed_.exchange(true)) {
+            cancel(); // Python's map fails whole on the first error: drop unsent chunks
+            c_->set_error(std::move(e));
+        }
+    }
+
+  private:
+    std::shared_ptr<completion<std::vector<T>>> c_;
+    std::vector<T> results_;
+    const std::size_t chunksize_;
+    std::atomic<std::size_t> remaining_;
+    std::atomic<bool> failed_{false};
+};
+
+/// Writes one input item as the argument tuple `Args` of the task function. With `Star`, the
+/// item is itself a tuple (or pair/array) of arguments, as in starmap.
+template <bool Star, class Args, class Item> void write_item(writer& w, const Item& item) {
+    if constexpr (Star) {
+        static_assert(std::tuple_size_v<std::remove_cvref_t<Item>> == std::tuple_size_v<Args>,
+                      "starmap: each item must be a tuple with one element per parameter of "
+                      "the task function");
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            (write_item<false, std::tuple<std::tuple_element_t<I, Args>>>(w, std::get<I>(item)),
+             ...);
+        }(std::make_index_sequence<std::tuple_size_v<Args>>{});
+    } else {
+        static_assert(std::tuple_size_v<Args> == 1,
+                      "map/imap: the task function must take exactly one parameter (use "
+                      "starmap for several)");
+        using arg = std::tuple_element_t<0, Args>;
+        static_assert(std::is_constructible_v<arg, const Item&>,
+                      "map: an input item does not convert to the task function's parameter");
+        if constexpr (std::is_same_v<std::remove_cvref_t<Item>, arg>) {
+            w(item);
+        } else {
+            const arg converted(item);
+            w(converted);
+        }
+    }
+}
+
+/// An imap over an owned input range.
+template <class T, class Fp, bool Star, class Range> class imap_source final : public imap_state<T> {
+  public:
+    imap_source(std::shared_ptr<pool_core> core, bool ordered, std::size_t max_in_flight, Fp fn,
+                Range items, std::size_t chunksize)
+        : imap_state<T>(std::move(core), ordered, max_in_flight), fn_(fn),
+          items_(std::move(items)), it_(std::ranges::begin(items_)), chunksize_(chunksize) {}
+
+  protected:
+    job_ptr next_job(std::size_t chunk) override {
+        if (it_ == std::ranges::end(items_))
+            return nullptr;
+        auto self = this->shared_from_this();
+        return make_job(
+            fn_,
+            [&](writer& w) {
+                std::uint64_t n = 0;
+                for (; n < chunksize_ && it_ != std::ranges::end(items_); ++it_, ++n)
+                    write_item<Star, typename fn_traits<Fp>::args>(w, *it_);
+                return n;
+            },
+            std::move(self), chunk);
+    }
+
+  private:
+    Fp fn_;
+    Range items_;
+    std::ranges::iterator_t<Range> it_;
+    const std::size_t chunksize_;
+};
+
+} // namespace detail
+
+/// A pool of worker processes that run task functions.
+class pool {
+  public:
+    /// Starts `processes` workers (0: one per CPU) and its own event-loop thread.
+    explicit pool(std::size_t processes = 0);
+    /// Starts workers as `options` says, with its own event-loop thread.
+    explicit pool(pool_options options);
+    /// Starts workers; all I/O runs on `ex` (the caller's io_context). The pool's pending
+    /// reads keep that io_context busy until close()/terminate() and the workers' exit.
+    pool(asio::any_io_executor ex, pool_options options = {});
+    /// terminate() then join(), like leaving Python's `with Pool() as p:`.
+    ~pool();
+    pool(const pool&) = delete;
+    pool& operator=(const pool&) = delete;
+
+    /// Runs `fn(args...)` in a worker and yields its result.
+    /// Resumes on the awaiting coroutine's executor. Throws what `fn` threw (see error.hpp),
+    /// `worker_lost` if the worker died, `pool_closed` if the pool is closed.
+    /// Example: `int s = co_await pool.apply(add, 1, 2);`
+    template <class F, class... Args>
+    [[nodiscard]] asio::awaitable<detail::task_result_t<F>> apply(F fn, Args&&... args) {
+        using T = detail::task_result_t<F>;
+        return detail::await_completion(submit_apply<T>(
+            fn, detail::task_args_t<F>(std::forward<Args>(args)...), {}, {}));
+    }
+
+    /// Applies `fn` to every item; the results keep the input order. Items travel in chunks
+    /// of `chunksize` (0: Python's default, ceil(n / (4 * size()))). The first task error
+    /// fails the whole call, as in Python.
+    /// Example: `std::vector<int> sq = co_await pool.map(square, numbers);`
+    template <class F, std::ranges::input_range Range>
+    [[nodiscard]] asio::awaitable<std::vector<detail::value_t<detail::task_result_t<F>>>>
+    map(F fn, Range&& items, std::size_t chunksize = 0) {
+        return detail::await_completion(
+            submit_map<false>(fn, std::forward<Range>(items), chunksize, {}, {}));
+    }
+
+    /// As map, but each item is a tuple of arguments: `fn(std::get<0>(item), ...)`.
+    /// Example: `auto sums = co_await pool.starmap(add, pairs);`
+    template <class F, std::ranges::input_range Range>
+    [[nodiscard]] asio::awaitable<std::vector<detail::value_t<detail::task_result_t<F>>>>
+    starmap(F fn, Range&& items, std::size_t chunksize = 0) {
+        return detail::await_completion(
+            submit_map<true>(fn, std::forward<Range>(items), chunksize, {}, {}));
+    }
+
+    /// Lazily applies `fn` to the items, yielding results in input order. The generator owns
+    /// (a copy of) `items` and keeps a bounded number of chunks in flight.
+    /// Example: `auto g = pool.imap(square, v); while (auto x = co_await g.next()) use(*x);`
+    template <class F, std::ranges::input_range Range>
+    [[nodiscard]] async_generator<detail::value_t<detail::task_result_t<F>>>
+    imap(F fn, Range items, std::size_t chunksize = 1) {
+        return make_imap<false>(fn, std::move(items), chunksize, true);
+    }
+
+    /// As imap, but yields results as they complete.
+    template <class F, std::ranges::input_range Range>
+    [[nodiscard]] async_generator<detail::value_t<detail::task_result_t<F>>>
+    imap_unordered(F fn, Range items, std::size_t chunksize = 1) {
+        return make_imap<false>(fn, std::move(items), chunksize, false);
+    }
+
+    /// Runs `fn` on the argument tuple `args` (e.g. `pool.apply_async(add, {1, 2})`).
+    /// `callback` (or `error_callback`) runs once on the pool's loop thread before ready().
+    template <class F>
+    [[nodiscard]] async_result<detail::task_result_t<F>> apply_async(
+        F fn, detail::task_args_t<F> args = {},
+        std::function<void(detail::value_t<detail::task_result_t<F>>)> callback = {},
+        std::function<void(std::exception_ptr)> error_callback = {}) {
+        using T = detail::task_result_t<F>;
+        return async_result<T>(
+            submit_apply<T>(fn, std::move(args), std::move(callback), std::move(error_callback)));
+    }
+
+    /// map(), for blocking code: returns at once; get() waits for the results.
+    template <class F, std::ranges::input_range Range,
+              class T = detail::value_t<detail::task_result_t<F>>>
+    [[nodiscard]] async_result<std::vector<T>>
+    map_async(F fn, Range&& items, std::size_t chunksize = 0,
+              std::function<void(std::vector<T>)> callback = {},
+              std::function<void(std::exception_ptr)> error_callback = {}) {
+        return async_result<std::vector<T>>(submit_map<false>(fn, std::forward<Range>(items),
+                                                              chunksize, std::move(callback),
+                                                              std::move(error_callback)));
+    }
+
+    /// starmap(), for blocking code.
+    template <class F, std::ranges::input_range Range,
+              class T = detail::value_t<detail::task_result_t<F>>>
+    [[nodiscard]] async_result<std::vector<T>>
+    starmap_async(F fn, Range&& items, std::size_t chunksize = 0,
+                  std::function<void(std::vector<T>)> callback = {},
+                  std::function<void(std::exception_ptr)> error_callback = {}) {
+        return async_result<std::vector<T>>(submit_map<true>(fn, std::forward<Range>(items),
+                                                             chunksize, std::move(callback),
+                                                             std::move(error_callback)));
+    }
+
+    /// No new tasks; queued and running ones finish, then the workers exit.
+    void close();
+    /// Kills the workers now; unfinished tasks fail with pool_closed.
+    void terminate();
+    /// Waits until every worker has exited (after close() or terminate()). Throws
+    /// coproc::error if the pool is still running, or if called on the pool's loop thread.
+    void join();
+    /// join() for coroutines; resumes on the awaiting coroutine's executor.
+    [[nodiscard]] asio::awaitable<void> async_join();
+    /// The number of worker processes.
+    std::size_t size() const noexcept;
+    /// The pids of the live workers.
+    std::vector<pid_t> pids() const;
+
+  private:
+    template <class T, class F>
+    std::shared_ptr<detail::completion<T>>
+    submit_apply(F fn, detail::task_args_t<F> args,
+                 typename detail::completion<T>::callback_t callback,
+                 typename detail::completion<T>::error_callback_t error_callback) {
+        auto c = std::make_shared<detail::completion<T>>(core_, std::move(callback),
+                                                         std::move(error_callback));
+        core_->submit(detail::make_job(
+            detail::to_function_pointer(fn),
+            [&](detail::writer& w) {
+                w(args);
+                return 1;
+            },
+            std::make_shared<detail::value_sink<T>>(c), 0));
+        return c;
+    }
+
+    template <bool Star, class F, class Range, class T = detail::value_t<detail::task_result_t<F>>>
+    std::shared_ptr<detail::completion<std::vector<T>>>
+    submit_map(F fn, Range&& items, std::size_t chunksize,
+               std::function<void(std::vector<T>)> callback,
+               std::function<void(std::exception_ptr)> error_callback) {
+        using args = detail::task_args_t<F>;
+        if constexpr (!std::ranges::sized_range<Range> || !std::ranges::forward_range<Range>) {
+            std::vector<std::ranges::range_value_t<Range>> copy;
+            for (auto&& x : items)
+                copy.push_back(std::forward<decltype(x)>(x));
+            return submit_map<Star>(fn, copy, chunksize, std::move(callback),
+                                    std::move(error_callback));
+        } else {
+            auto c = std::make_shared<detail::completion<std::vector<T>>>(
+                core_, std::move(callback), std::move(error_callback));
+            const std::size_t n = std::ranges::size(items);
+            if (n == 0) {
+                core_check_open();
+                c->set_value({});
+                return c;
+            }
+            const std::size_t cs = chunksize ? chunksize : detail::default_chunksize(n, size());
+            auto sink = std::make_shared<detail::map_sink<T>>(c, n, cs);
+            std::vector<detail::job_ptr> jobs;
+            jobs.reserve((n + cs - 1) / cs);
+            auto it = std::ranges::begin(items);
+            for (std::size_t first = 0, k = 0; first < n; first += cs, ++k) {
+                const std::size_t count = std::min(cs, n - first);
+                jobs.push_back(detail::make_job(
+                    detail::to_function_pointer(fn),
+                    [&](detail::writer& w) {
+                        for (std::size_t i = 0; i < count; ++i, ++it)
+                            detail::write_item<Star, args>(w, *it);
+                        return count;
+                    },
+                    sink, k));
+            }
+            core_->submit(std::move(jobs));
+            return c;
+        }
+    }
+
+    template <bool Star, class F, class Range>
+    async_generator<detail::value_t<detail::task_result_t<F>>>
+    make_imap(F fn, Range items, std::size_t chunksize, bool ordered) {
+        using T = detail::value_t<detail::task_result_t<F>>;
+        using Fp = detail::function_pointer_t<F>;
+        if (chunksize == 0)
+            throw error("imap: chunksize must be at least 1");
+        core_check_open();
+        const std::size_t w = size();
+        const std::size_t max_in_flight = 2 * w + (256 * w + chunksize - 1) / chunksize;
+        auto s = std::make_shared<detail::imap_source<T, Fp, Star, Range>>(
+            core_, ordered, max_in_flight, detail::to_function_pointer(fn), std::move(items),
+            chunksize);
+        return async_generator<T>(std::move(s));
+    }
+
+    void core_check_open() const;
+
+    std::unique_ptr<detail::own_loop> loop_;
+    std::shared_ptr<detail::pool_core> core_;
+};
+
+} // namespace coproc

@@ -1,0 +1,768 @@
+// The parent side of a pool: dispatch, batched writes, replies, worker death and replacement.
+//
+// All state is guarded by one mutex; handlers run on the pool's executor and take it. Sinks
+// (user-visible completions and callbacks) are always called with the mutex released, so a
+// callback may call back into the pool. fork() is never called with the mutex held.
+#include "transport.hpp"
+#include "worker.hpp"
+
+#include <coproc/detail/handler_slot.hpp>
+#include <coproc/detail/pool_core.hpp>
+#include <coproc/error.hpp>
+
+#include <asio/async_result.hpp>
+#include <asio/io_context.hpp>
+#include <asio/local/stream_protocol.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <csignal>
+#include <cstring>
+#include <deque>
+#include <list>
+#include <mutex>
+#include <string>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <system_error>
+#include <unistd.h>
+
+namespace coproc::detail {
+
+void append_task_prefix(std::vector<char>& out, const task_entry* entry, erased_fn fn) {
+    const std::int64_t words[3] = {offset_of(entry), offset_of(reinterpret_cast<const void*>(fn)),
+                                   static_cast<std::int64_t>(entry->signature)};
+    const auto* p = reinterpret_cast<const char*>(words);
+    out.insert(out.end(), p, p + sizeof words);
+}
+
+namespace {
+
+using socket_t = asio::local::stream_protocol::socket;
+
+constexpr std::size_t small_frame = 8 * 1024; // copied together into one write buffer
+constexpr auto exit_grace = std::chrono::milliseconds(200);
+
+std::system_error os_error(const char* what) {
+    return std::system_error(errno, std::system_category(), what);
+}
+
+std::string describe(const job& j) {
+    return "task " + std::to_string(j.id) + " (" + std::string(j.name) + ")";
+}
+
+std::string what_of(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+        return x.what();
+    } catch (...) {
+        return "a non-standard exception";
+    }
+}
+
+struct worker_proc {
+    pid_t pid = -1;
+    std::size_t slot = 0;
+    std::unique_ptr<socket_t> sock;
+    std::unique_ptr<asio::posix::stream_descriptor> pidfd;
+    std::unique_ptr<asio::steady_timer> grace; // waits for EOF after the process exited
+    std::deque<job_ptr> inflight;              // handed to this worker, oldest first
+    std::vector<job*> to_send;                 // not yet part of a write
+    std::vector<char> staging;                 // the small frames of the write in progress
+    std::vector<asio::const_buffer> bufs;      // the write in progress
+    frame_decoder dec;
+    std::uint64_t assigned = 0;
+    std::int64_t idle_since = 0; // for timeouts: when an idle worker with work was first seen
+    int status = 0;
+    bool writing = false;
+    bool retiring = false; // got maxtasksperchild tasks: it exits after answering them
+    bool shut = false;     // our write side is shut: the worker exits when done
+    bool eof = false;
+    bool exited = false;
+    bool finalized = false;
+    bool timed_out = false;
+    std::string protocol_error;
+
+    bool accepts() const noexcept {
+        return !eof && !exited && !retiring && !timed_out && !shut && protocol_error.empty();
+    }
+};
+using worker_ptr = std::shared_ptr<worker_proc>;
+
+struct failure {
+    job_ptr j;
+    std::exception_ptr e;
+};
+
+struct reply {
+    job_ptr j;
+    frame f;
+};
+
+class core_impl final : public pool_core, public std::enable_shared_from_this<core_impl> {
+  public:
+    core_impl(asio::any_io_executor ex, pool_options opts, std::thread::id own_loop)
+        : ex_(std::move(ex)), opt_(opts), own_loop_(own_loop) {
+        if (opt_.processes == 0)
+            opt_.processes = std::max(1u, std::thread::hardware_concurrency());
+        const std::size_t bytes = sizeof(worker_slot) * opt_.processes;
+        void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED)
+            throw os_error("mmap of the pool's worker slots failed");
+        slots_ = new (m) worker_slot[opt_.processes];
+        slot_used_.assign(opt_.processes, false);
+        cfg_.parent = ::getpid();
+        cfg_.initializer = opt_.initializer;
+        cfg_.maxtasks = opt_.maxtasksperchild;
+        cfg_.segments = mapped_segments();
+        if (opt_.task_timeout.count() > 0)
+            timer_ = std::make_unique<asio::steady_timer>(ex_);
+    }
+
+    ~core_impl() override {
+        ::munmap(slots_, sizeof(worker_slot) * opt_.processes);
+    }
+
+    void start() {
+        try {
+            for (std::size_t i = 0; i < opt_.processes; ++i) {
+                {
+                    std::lock_guard lk(mu_);
+                    slot_used_[i] = true;
+                    ++spawning_;
+                }
+                spawn(i);
+            }
+        } catch (...) {
+            shutdown();
+            throw;
+        }
+    }
+
+    // ---------------------------------------------------------------- submission
+
+    void submit(job_ptr j) override {
+        std::lock_guard lk(mu_);
+        check_open_locked();
+        pending_.push_back(std::move(j));
+        pump();
+    }
+
+    void submit(std::vector<job_ptr> jobs) override {
+        std::lock_guard lk(mu_);
+        check_open_locked();
+        for (auto& j : jobs)
+            pending_.push_back(std::move(j));
+        pump();
+    }
+
+    void check_open() const override {
+        std::lock_guard lk(mu_);
+        check_open_locked();
+    }
+
+    // ---------------------------------------------------------------- lifetime
+
+    void close() override {
+        std::lock_guard lk(mu_);
+        if (state_ == run_state::running)
+            state_ = run_state::closing;
+        pump();
+    }
+
+    void terminate() override {
+        std::vector<failure> failed;
+        {
+            std::lock_guard lk(mu_);
+            if (state_ == run_state::terminated)
+                return;
+            state_ = run_state::terminated;
+            auto closed = [] {
+                return std::make_exception_ptr(
+                    pool_closed("the pool was terminated before the task finished"));
+            };
+            for (auto& j : pending_)
+                failed.push_back({std::move(j), closed()});
+            pending_.clear();
+            for (auto& w : workers_) {
+                for (auto& j : w->inflight)
+                    failed.push_back({std::move(j), closed()});
+                w->inflight.clear();
+                w->to_send.clear();
+                ::kill(w->pid, SIGKILL);
+            }
+            if (timer_)
+                timer_->cancel();
+        }
+        run(failed);
+    }
+
+    void join() override {
+        check_blocking("pool::join()");
+        std::unique_lock lk(mu_);
+        if (state_ == run_state::running)
+            throw error("pool::join() called on a running pool: call close() or terminate() "
+                        "first");
+        join_cv_.wait(lk, [&] { return finished_locked(); });
+    }
+
+    asio::awaitable<void> async_join() override {
+        {
+            std::lock_guard lk(mu_);
+            if (state_ == run_state::running)
+                throw error("pool::async_join() called on a running pool: call close() or "
+                            "terminate() first");
+        }
+        co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+            [this](auto handler) {
+                std::unique_lock lk(mu_);
+                join_waiters_.emplace_back();
+                join_waiters_.back().set(std::move(handler));
+                if (finished_locked())
+                    post_join_waiters();
+            },
+            asio::use_awaitable);
+    }
+
+    void shutdown() noexcept override {
+        terminate();
+        std::unique_lock lk(mu_);
+        join_cv_.wait(lk, [&] { return spawning_ == 0; });
+        for (auto& w : workers_) {
+            if (!w->exited) {
+                int st = 0;
+                while (::waitpid(w->pid, &st, 0) < 0 && errno == EINTR) {
+                }
+                w->exited = true;
+            }
+            release_io(*w);
+            w->finalized = true;
+        }
+        workers_.clear();
+        timer_.reset();
+        post_join_waiters();
+        join_cv_.notify_all();
+    }
+
+    std::size_t size() const noexcept override { return opt_.processes; }
+
+    std::vector<pid_t> pids() const override {
+        std::lock_guard lk(mu_);
+        std::vector<pid_t> out;
+        for (const auto& w : workers_)
+            if (!w->exited)
+                out.push_back(w->pid);
+        return out;
+    }
+
+    bool on_loop_thread() const noexcept override {
+        if (own_loop_ != std::thread::id{})
+            return std::this_thread::get_id() == own_loop_;
+        if (const auto* io = ex_.target<asio::io_context::executor_type>())
+            return io->running_in_this_thread();
+        return false;
+    }
+
+  private:
+    enum class run_state { running, closing, terminated };
+
+    void check_open_locked() const {
+        if (broken_)
+            std::rethrow_exception(broken_);
+        if (state_ != run_state::running)
+            throw pool_closed("the pool is closed: no new tasks after close() or terminate()");
+    }
+
+    bool finished_locked() const { return workers_.empty() && spawning_ == 0; }
+
+    void post_join_waiters() {
+        for (auto& s : join_waiters_)
+            s.post();
+        join_waiters_.clear();
+    }
+
+    // ---------------------------------------------------------------- workers
+
+    // Forks a worker into `slot`. Called with mu_ released; spawning_ was counted by the caller.
+    void spawn(std::size_t slot) {
+        struct uncount {
+            core_impl* c;
+            ~uncount() {
+                std::lock_guard lk(c->mu_);
+                --c->spawning_;
+                c->join_cv_.notify_all();
+            }
+        } guard{this};
+        worker_config cfg = cfg_;
+        {
+            std::lock_guard lk(mu_);
+            if (state_ == run_state::terminated) {
+                slot_used_[slot] = false;
+                return;
+            }
+            for (const auto& w : workers_) {
+                if (w->sock)
+                    cfg.close_fds.push_back(w->sock->native_handle());
+                if (w->pidfd)
+                    cfg.close_fds.push_back(w->pidfd->native_handle());
+            }
+            slots_[slot].task_id.store(0);
+        }
+        int sv[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+            throw os_error("socketpair for a pool worker failed");
+        cfg.close_fds.push_back(sv[0]);
+        const pid_t pid = ::fork();
+        if (pid < 0) {
+            const auto e = os_error("fork of a pool worker failed");
+            ::close(sv[0]);
+            ::close(sv[1]);
+            throw e;
+        }
+        if (pid == 0)
+            worker_main(sv[1], &slots_[slot], cfg);
+        ::close(sv[1]);
+        const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        if (pfd < 0) {
+            const auto e = os_error("pidfd_open of a pool worker failed (Linux >= 5.3 needed)");
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+            ::close(sv[0]);
+            throw e;
+        }
+        auto w = std::make_shared<worker_proc>();
+        w->pid = pid;
+        w->slot = slot;
+        w->sock = std::make_unique<socket_t>(ex_, asio::local::stream_protocol(), sv[0]);
+        w->pidfd = std::make_unique<asio::posix::stream_descriptor>(ex_, pfd);
+        std::lock_guard lk(mu_);
+        workers_.push_back(w);
+        if (state_ == run_state::terminated)
+            ::kill(pid, SIGKILL);
+        start_read(w);
+        start_wait(w);
+        pump();
+    }
+
+    // A replacement for a worker that left `slot`; never throws into the event loop.
+    void respawn(std::size_t slot) {
+        try {
+            spawn(slot);
+        } catch (...) {
+            std::vector<failure> failed;
+            {
+                std::lock_guard lk(mu_);
+                slot_used_[slot] = false;
+                if (workers_.empty() && spawning_ == 0) {
+                    // Nobody is left to run the queue: fail it rather than hang.
+                    auto e = std::current_exception();
+                    for (auto& j : pending_)
+                        failed.push_back({std::move(j), e});
+                    pending_.clear();
+                }
+            }
+            run(failed);
+        }
+    }
+
+    void start_read(const worker_ptr& w) {
+        if (!w->sock || w->eof)
+            return;
+        const auto area = w->dec.write_area();
+        w->sock->async_read_some(asio::buffer(area.data(), area.size()),
+                                 [self = shared_from_this(), w](std::error_code ec, std::size_t n) {
+                                     self->on_read(w, ec, n);
+                                 });
+    }
+
+    void start_wait(const worker_ptr& w) {
+        w->pidfd->async_wait(asio::posix::descriptor_base::wait_read,
+                             [self = shared_from_this(), w](std::error_code ec) {
+                                 if (!ec)
+                                     self->on_exit(w);
+                             });
+    }
+
+    void on_read(const worker_ptr& w, std::error_code ec, std::size_t n) {
+        std::vector<reply> replies;
+        std::vector<failure> failed;
+        std::optional<std::size_t> replace;
+        {
+            std::lock_guard lk(mu_);
+            if (!w->sock || w->finalized)
+                return;
+            if (ec) {
+                w->eof = true;
+                if (w->exited)
+                    finalize(w, failed, replace);
+            } else {
+                w->dec.commit(n);
+                try {
+                    while (auto f = w->dec.next())
+                        take_frame(w, *f, replies, failed);
+                } catch (const std::exception& e) {
+                    // A worker that speaks garbage is killed; its tasks fail or move on.
+                    w->protocol_error = e.what();
+                    w->eof = true;
+                    ::kill(w->pid, SIGKILL);
+                }
+                pump();
+            }
+        }
+        deliver(replies);
+        run(failed);
+        if (replace)
+            respawn(*replace);
+        std::lock_guard lk(mu_);
+        start_read(w);
+    }
+
+    void take_frame(const worker_ptr& w, const frame& f, std::vector<reply>& replies,
+                    std::vector<failure>& failed) {
+        switch (f.kind) {
+        case frame_kind::result:
+        case frame_kind::error: {
+            if (w->inflight.empty() || w->inflight.front()->id != f.id)
+                throw error("protocol error: a worker answered task " + std::to_string(f.id) +
+                            ", which it was not running");
+            job_ptr j = std::move(w->inflight.front());
+            w->inflight.pop_front();
+            if (f.kind == frame_kind::result)
+                avg_ns_ += (static_cast<std::int64_t>(f.aux) - avg_ns_) / 8;
+            replies.push_back({std::move(j), f});
+            return;
+        }
+        case frame_kind::init_failed: {
+            const auto e = decode_exception(f.payload, "the pool initializer");
+            broken_ = std::make_exception_ptr(
+                error("the pool initializer failed in worker " + std::to_string(w->pid) + ": " +
+                      what_of(e)));
+            for (auto& j : pending_)
+                failed.push_back({std::move(j), broken_});
+            pending_.clear();
+            for (auto& other : workers_) {
+                for (auto& j : other->inflight)
+                    failed.push_back({std::move(j), broken_});
+                other->inflight.clear();
+                other->to_send.clear();
+                ::kill(other->pid, SIGKILL);
+            }
+            return;
+        }
+        case frame_kind::task:
+            throw error("protocol error: a worker sent a task frame");
+        }
+    }
+
+    void on_exit(const worker_ptr& w) {
+        std::vector<failure> failed;
+        std::optional<std::size_t> replace;
+        {
+            std::lock_guard lk(mu_);
+            if (!w->pidfd || w->finalized)
+                return;
+            int st = 0;
+            const pid_t r = ::waitpid(w->pid, &st, WNOHANG);
+            if (r == 0) { // readable before the zombie is visible: wait again
+                start_wait(w);
+                return;
+            }
+            w->exited = true;
+            w->status = st;
+            if (w->eof) {
+                finalize(w, failed, replace);
+            } else {
+                // Its replies are still being read; EOF follows unless a grandchild holds
+                // the socket open, in which case the grace timer ends the wait.
+                w->grace = std::make_unique<asio::steady_timer>(ex_, exit_grace);
+                w->grace->async_wait([self = shared_from_this(), w](std::error_code ec) {
+                    if (!ec)
+                        self->on_grace(w);
+                });
+            }
+        }
+        run(failed);
+        if (replace)
+            respawn(*replace);
+    }
+
+    void on_grace(const worker_ptr& w) {
+        std::vector<failure> failed;
+        std::optional<std::size_t> replace;
+        {
+            std::lock_guard lk(mu_);
+            if (w->finalized)
+                return;
+            w->eof = true;
+            finalize(w, failed, replace);
+        }
+        run(failed);
+        if (replace)
+            respawn(*replace);
+    }
+
+    std::exception_ptr lost(const worker_proc& w, const job& j) const {
+        if (w.timed_out)
+            return std::make_exception_ptr(timeout_error(
+                describe(j) + " ran longer than the task timeout of " +
+                std::to_string(opt_.task_timeout.count()) + " ms; its worker " +
+                std::to_string(w.pid) + " was killed"));
+        const int sig = WIFSIGNALED(w.status) ? WTERMSIG(w.status) : 0;
+        const int code = WIFEXITED(w.status) ? WEXITSTATUS(w.status) : -1;
+        std::string how = sig ? "was killed by signal " + std::to_string(sig) + " (" +
+                                    ::strsignal(sig) + ")"
+                              : "exited with status " + std::to_string(code);
+        if (!w.protocol_error.empty())
+            how = "sent a malformed reply (" + w.protocol_error + ")";
+        return std::make_exception_ptr(worker_lost("worker process " + std::to_string(w.pid) +
+                                                       " " + how + " while running " +
+                                                       describe(j),
+                                                   w.pid, sig, code));
+    }
+
+    // The worker is gone and its replies are read: fail the task it was running, give the
+    // others to the remaining workers, and start a replacement if there is work to do.
+    void finalize(const worker_ptr& w, std::vector<failure>& failed,
+                  std::optional<std::size_t>& replace) {
+        w->finalized = true;
+        release_io(*w);
+        std::erase(workers_, w);
+        slot_used_[w->slot] = false;
+        const std::uint64_t culprit = slots_[w->slot].task_id.load(std::memory_order_acquire);
+        std::deque<job_ptr> again;
+        for (auto& j : w->inflight) {
+            if (j->id == culprit || !w->protocol_error.empty())
+                failed.push_back({std::move(j), lost(*w, *j)});
+            else
+                again.push_back(std::move(j));
+        }
+        w->inflight.clear();
+        w->to_send.clear();
+        for (auto it = again.rbegin(); it != again.rend(); ++it)
+            pending_.push_front(std::move(*it));
+        if (!broken_ && (state_ == run_state::running ||
+                         (state_ == run_state::closing && !pending_.empty()))) {
+            slot_used_[w->slot] = true;
+            ++spawning_;
+            replace = w->slot;
+        }
+        pump();
+        if (finished_locked()) {
+            post_join_waiters();
+            join_cv_.notify_all();
+        }
+    }
+
+    void release_io(worker_proc& w) {
+        std::error_code ignored;
+        if (w.sock)
+            w.sock->close(ignored);
+        if (w.pidfd)
+            w.pidfd->close(ignored);
+        if (w.grace)
+            w.grace->cancel();
+        w.sock.reset();
+        w.pidfd.reset();
+        w.grace.reset();
+    }
+
+    // ---------------------------------------------------------------- dispatch
+
+    // How many jobs a worker may hold: enough to cover ~2 ms of work so it never idles
+    // between batches, few while job durations are unknown so slow jobs spread evenly.
+    std::size_t cap() const noexcept {
+        if (avg_ns_ <= 0)
+            return 4;
+        return std::clamp<std::size_t>(static_cast<std::size_t>(2'000'000 / avg_ns_), 2, 1024);
+    }
+
+    void pump() {
+        if (state_ == run_state::terminated || broken_)
+            return;
+        const std::size_t limit = cap();
+        while (!pending_.empty()) {
+            job_ptr& j = pending_.front();
+            if (j->sink->cancelled()) {
+                pending_.pop_front();
+                continue;
+            }
+            worker_proc* best = nullptr;
+            for (const auto& w : workers_)
+                if (w->accepts() && w->inflight.size() < limit &&
+                    (!best || w->inflight.size() < best->inflight.size()))
+                    best = w.get();
+            if (!best)
+                break;
+            if (j->id == 0) {
+                j->id = next_id_++;
+                std::memcpy(j->frame.data() + offsetof(frame_header, id), &j->id, sizeof j->id);
+            }
+            best->to_send.push_back(j.get());
+            best->inflight.push_back(std::move(j));
+            pending_.pop_front();
+            if (opt_.maxtasksperchild && ++best->assigned >= opt_.maxtasksperchild)
+                best->retiring = true;
+        }
+        for (const auto& w : workers_) {
+            start_write(w);
+            maybe_shut(*w);
+        }
+        arm_timer();
+    }
+
+    // After close(), a worker with nothing left to do is told to exit (EOF on its socket).
+    void maybe_shut(worker_proc& w) {
+        if (state_ != run_state::closing || !pending_.empty() || w.shut || !w.sock ||
+            !w.inflight.empty() || w.writing)
+            return;
+        w.shut = true;
+        std::error_code ignored;
+        w.sock->shutdown(socket_t::shutdown_send, ignored);
+    }
+
+    void start_write(const worker_ptr& w) {
+        if (w->writing || w->to_send.empty() || !w->sock)
+            return;
+        w->bufs.clear();
+        w->staging.clear();
+        std::size_t small = 0;
+        for (const job* j : w->to_send)
+            if (j->frame.size() <= small_frame)
+                small += j->frame.size();
+        w->staging.reserve(small); // no reallocation below: the buffers point into it
+        bool last_staged = false;
+        for (const job* j : w->to_send) {
+            if (j->frame.size() <= small_frame) {
+                const std::size_t at = w->staging.size();
+                w->staging.insert(w->staging.end(), j->frame.begin(), j->frame.end());
+                if (last_staged) {
+                    auto& b = w->bufs.back();
+                    b = asio::const_buffer(b.data(), b.size() + j->frame.size());
+                } else {
+                    w->bufs.emplace_back(w->staging.data() + at, j->frame.size());
+                }
+                last_staged = true;
+            } else {
+                w->bufs.emplace_back(j->frame.data(), j->frame.size());
+                last_staged = false;
+            }
+        }
+        w->to_send.clear();
+        w->writing = true;
+        asio::async_write(*w->sock, w->bufs,
+                          [self = shared_from_this(), w](std::error_code ec, std::size_t) {
+                              std::lock_guard lk(self->mu_);
+                              w->writing = false;
+                              if (ec || !w->sock)
+                                  return; // the worker is gone: on_exit takes over
+                              self->start_write(w);
+                              self->maybe_shut(*w);
+                          });
+    }
+
+    // ---------------------------------------------------------------- timeouts
+
+    void arm_timer() {
+        if (!timer_ || timer_armed_ || state_ == run_state::terminated)
+            return;
+        if (std::none_of(workers_.begin(), workers_.end(),
+                         [](const auto& w) { return !w->inflight.empty(); }))
+            return;
+        timer_armed_ = true;
+        timer_->expires_after(std::max<std::chrono::steady_clock::duration>(
+            std::chrono::milliseconds(1), opt_.task_timeout / 10));
+        timer_->async_wait([self = shared_from_this()](std::error_code ec) {
+            std::lock_guard lk(self->mu_);
+            self->timer_armed_ = false;
+            if (!ec && self->timer_)
+                self->check_timeouts();
+        });
+    }
+
+    void check_timeouts() {
+        const std::int64_t now = monotonic_ns();
+        const std::int64_t limit =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(opt_.task_timeout).count();
+        for (const auto& w : workers_) {
+            if (w->timed_out || w->exited)
+                continue;
+            const auto& s = slots_[w->slot];
+            const std::uint64_t id = s.task_id.load(std::memory_order_acquire);
+            bool stuck = false;
+            if (id != 0) {
+                w->idle_since = 0;
+                stuck = now - s.start_ns.load(std::memory_order_relaxed) > limit;
+            } else if (!w->inflight.empty()) {
+                // Work is queued but the worker runs nothing (e.g. it was stopped).
+                if (w->idle_since == 0)
+                    w->idle_since = now;
+                stuck = now - w->idle_since > limit;
+            } else {
+                w->idle_since = 0;
+            }
+            if (stuck) {
+                w->timed_out = true;
+                ::kill(w->pid, SIGKILL);
+            }
+        }
+        arm_timer();
+    }
+
+    // ---------------------------------------------------------------- completion
+
+    static void deliver(std::vector<reply>& replies) {
+        for (auto& r : replies) {
+            job& j = *r.j;
+            if (r.f.kind == frame_kind::result)
+                j.sink->on_result(j.chunk, r.f.payload);
+            else
+                j.sink->on_error(j.chunk, decode_exception(r.f.payload, describe(j)));
+        }
+        replies.clear();
+    }
+
+    static void run(std::vector<failure>& failed) {
+        for (auto& f : failed)
+            f.j->sink->on_error(f.j->chunk, f.e);
+        failed.clear();
+    }
+
+    asio::any_io_executor ex_;
+    pool_options opt_;
+    std::thread::id own_loop_;
+    worker_config cfg_;
+
+    mutable std::mutex mu_;
+    std::condition_variable join_cv_;
+    run_state state_ = run_state::running;
+    std::exception_ptr broken_;
+    std::deque<job_ptr> pending_;
+    std::vector<worker_ptr> workers_;
+    std::size_t spawning_ = 0;
+    std::uint64_t next_id_ = 1;
+    worker_slot* slots_ = nullptr;
+    std::vector<bool> slot_used_;
+    std::int64_t avg_ns_ = 0;
+    std::unique_ptr<asio::steady_timer> timer_;
+    bool timer_armed_ = false;
+    std::list<handler_slot> join_waiters_;
+};
+
+} // namespace
+
+std::shared_ptr<pool_core> pool_core::create(asio::any_io_executor ex, pool_options opts,
+                                             std::thread::id own_loop) {
+    auto c = std::make_shared<core_impl>(std::move(ex), opts, own_loop);
+    c->start();
+    return c;
+}
+
+} // namespace coproc::detail

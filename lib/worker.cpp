@@ -1,0 +1,241 @@
+// The worker loop: blocking reads, batched replies, no Asio (see pool_core.cpp for the parent).
+#include "worker.hpp"
+
+#include "transport.hpp"
+
+#include <coproc/detail/function_id.hpp>
+#include <coproc/detail/wire.hpp>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <link.h>
+#include <stdio_ext.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace coproc::detail {
+
+std::int64_t monotonic_ns() noexcept {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+std::vector<segment> mapped_segments() {
+    std::vector<segment> out;
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t, void* data) {
+            auto& v = *static_cast<std::vector<segment>*>(data);
+            for (int i = 0; i < info->dlpi_phnum; ++i) {
+                const auto& ph = info->dlpi_phdr[i];
+                if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_R))
+                    continue;
+                const std::uintptr_t b = info->dlpi_addr + ph.p_vaddr;
+                v.push_back({b, b + ph.p_memsz, (ph.p_flags & PF_X) != 0});
+            }
+            return 0;
+        },
+        &out);
+    return out;
+}
+
+namespace {
+
+[[noreturn]] void finish(int code) noexcept {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    _exit(code);
+}
+
+// Writes all of `out` or exits: a parent that stopped reading is gone.
+void write_all(int fd, std::vector<char>& out) noexcept {
+    const char* p = out.data();
+    std::size_t n = out.size();
+    while (n > 0) {
+        const ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            finish(0);
+        }
+        p += w;
+        n -= static_cast<std::size_t>(w);
+    }
+    out.clear();
+}
+
+bool inside(const std::vector<segment>& segs, std::uintptr_t p, std::size_t len, bool exec) {
+    for (const auto& s : segs)
+        if (p >= s.begin && p + len <= s.end && p + len >= p && (!exec || s.exec))
+            return true;
+    return false;
+}
+
+struct task_prefix {
+    std::int64_t entry;
+    std::int64_t fn;
+    std::uint64_t signature;
+};
+
+class worker {
+  public:
+    worker(int fd, worker_slot* slot, const worker_config& cfg)
+        : fd_(fd), slot_(slot), cfg_(cfg) {}
+
+    [[noreturn]] void run() {
+        frame_decoder dec;
+        std::uint64_t done = 0;
+        for (;;) {
+            for (;;) {
+                std::optional<frame> f;
+                try {
+                    f = dec.next();
+                } catch (const std::exception& e) {
+                    std::fprintf(stderr, "coproc worker %d: %s\n", getpid(), e.what());
+                    finish(70);
+                }
+                if (!f)
+                    break;
+                run_frame(*f);
+                if (cfg_.maxtasks && ++done >= cfg_.maxtasks) {
+                    write_all(fd_, out_);
+                    finish(0);
+                }
+                // Slow tasks answer one by one; fast ones are batched into few writes.
+                if (avg_ns_ > 20'000 || out_.size() >= 256 * 1024)
+                    write_all(fd_, out_);
+            }
+            if (!out_.empty())
+                write_all(fd_, out_);
+            const auto area = dec.write_area();
+            const ssize_t n = ::read(fd_, area.data(), area.size());
+            if (n == 0)
+                finish(0); // the pool closed our socket: close() or the parent is gone
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                finish(0);
+            }
+            dec.commit(static_cast<std::size_t>(n));
+        }
+    }
+
+  private:
+    const task_entry* resolve(const task_prefix& p) const {
+        const auto base = reinterpret_cast<std::uintptr_t>(&function_anchor);
+        const std::uintptr_t e = base + static_cast<std::uintptr_t>(p.entry);
+        const std::uintptr_t fn = base + static_cast<std::uintptr_t>(p.fn);
+        if (e % alignof(task_entry) != 0 || !inside(cfg_.segments, e, sizeof(task_entry), false))
+            throw coproc::error("unknown task function: its entry offset does not point into "
+                                "this program");
+        const auto* entry = reinterpret_cast<const task_entry*>(e);
+        if (entry->magic != entry_magic)
+            throw coproc::error("unknown task function: no task entry at its offset");
+        if (entry->signature != p.signature)
+            throw coproc::error("task function signature mismatch: the frame and the entry "
+                                "disagree on the function's type");
+        if (!inside(cfg_.segments, fn, 1, true))
+            throw coproc::error("unknown task function: its offset is not in executable code");
+        return entry;
+    }
+
+    void run_frame(const frame& f) {
+        const std::int64_t t0 = monotonic_ns();
+        slot_->start_ns.store(t0, std::memory_order_relaxed);
+        slot_->task_id.store(f.id, std::memory_order_release);
+        const std::size_t at = begin_frame(out_, frame_kind::result, f.id, 0);
+        std::uint64_t item = 0;
+        try {
+            if (f.kind != frame_kind::task)
+                throw coproc::error("malformed frame: a worker received a reply frame");
+            task_prefix p;
+            if (f.payload.size() < sizeof p)
+                throw coproc::error("malformed task frame: shorter than its function id");
+            std::memcpy(&p, f.payload.data(), sizeof p);
+            const task_entry* entry = resolve(p);
+            reader in(f.payload.subspan(sizeof p));
+            {
+                writer w(out_);
+                entry->invoke(reinterpret_cast<erased_fn>(
+                                  reinterpret_cast<std::uintptr_t>(&function_anchor) +
+                                  static_cast<std::uintptr_t>(p.fn)),
+                              in, w, f.aux, item);
+            }
+            if (in.remaining() != 0)
+                throw coproc::error("malformed task frame: bytes left after the arguments");
+            const std::int64_t dt = monotonic_ns() - t0;
+            end_frame(out_, at, static_cast<std::uint64_t>(dt));
+            avg_ns_ += (dt - avg_ns_) / 8;
+        } catch (...) {
+            out_.resize(at);
+            const std::size_t eat = begin_frame(out_, frame_kind::error, f.id, item);
+            encode_current_exception(out_);
+            end_frame(out_, eat, item);
+        }
+        slot_->task_id.store(0, std::memory_order_release);
+    }
+
+    int fd_;
+    worker_slot* slot_;
+    const worker_config& cfg_;
+    std::vector<char> out_;
+    std::int64_t avg_ns_ = 0;
+};
+
+void reset_signals() noexcept {
+    // Handlers installed by the parent (Asio's signal_set among them) must not run here.
+    for (int s = 1; s < NSIG; ++s) {
+        struct sigaction sa;
+        if (sigaction(s, nullptr, &sa) != 0)
+            continue;
+        if (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL) {
+            sa.sa_handler = SIG_DFL;
+            sa.sa_flags = 0;
+            sigaction(s, &sa, nullptr);
+        }
+    }
+    // Ctrl-C reaches the whole process group: the parent decides, workers carry on.
+    std::signal(SIGINT, SIG_IGN);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+} // namespace
+
+void worker_main(int fd, worker_slot* slot, const worker_config& cfg) noexcept {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != cfg.parent)
+        _exit(0); // the parent died between fork() and prctl()
+    reset_signals();
+    // Output the parent had buffered but not written belongs to the parent.
+    __fpurge(stdout);
+    __fpurge(stderr);
+    for (int other : cfg.close_fds)
+        ::close(other);
+    slot->task_id.store(0, std::memory_order_relaxed);
+    if (cfg.initializer) {
+        try {
+            cfg.initializer();
+        } catch (...) {
+            std::vector<char> out;
+            const std::size_t at = begin_frame(out, frame_kind::init_failed, 0, 0);
+            encode_current_exception(out);
+            end_frame(out, at, 0);
+            write_all(fd, out);
+            finish(1);
+        }
+    }
+    try {
+        worker(fd, slot, cfg).run();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "coproc worker %d: %s\n", getpid(), e.what());
+    }
+    finish(70);
+}
+
+} // namespace coproc::detail

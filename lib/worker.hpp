@@ -1,0 +1,40 @@
+// The worker process side of a pool (private to the library).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <sys/types.h>
+#include <vector>
+
+namespace coproc::detail {
+
+/// Shared memory one worker writes and the parent reads: which task it is running and since
+/// when. It names the task to fail when the worker dies, and drives task timeouts.
+struct alignas(64) worker_slot {
+    std::atomic<std::uint64_t> task_id{0};   // 0 when idle
+    std::atomic<std::int64_t> start_ns{0};   // CLOCK_MONOTONIC
+};
+
+/// A mapped range of the process image (a PT_LOAD segment).
+struct segment {
+    std::uintptr_t begin, end;
+    bool exec;
+};
+/// The process image's segments, read with dl_iterate_phdr (call in the parent, not a child).
+std::vector<segment> mapped_segments();
+
+struct worker_config {
+    pid_t parent = 0;
+    void (*initializer)() = nullptr;
+    std::size_t maxtasks = 0;
+    std::vector<int> close_fds;      // the pool's other descriptors, closed at start
+    std::vector<segment> segments;   // where task entries and functions may live
+};
+
+/// Runs in a freshly forked child: serves task frames on `fd` until EOF, maxtasks or death.
+[[noreturn]] void worker_main(int fd, worker_slot* slot, const worker_config& cfg) noexcept;
+
+std::int64_t monotonic_ns() noexcept;
+
+} // namespace coproc::detail

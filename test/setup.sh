@@ -1,0 +1,31 @@
+# Shared set-up of ./test/run.sh and ./samples/run.sh: install what is missing, configure, build.
+# Usage: . test/setup.sh; coproc_setup BUILD_DIR [meson options...]
+set -euo pipefail
+
+COPROC_PACKAGES=(g++ meson ninja-build pkg-config cmake libasio-dev libcereal-dev doctest-dev python3)
+
+coproc_install_packages() {
+    local missing=()
+    for p in "${COPROC_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+        return 1
+    fi
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# coproc_build DIR [meson setup options...]: configure DIR once, then build it.
+coproc_build() {
+    local dir=$1
+    shift
+    if [ ! -f "$dir/build.ninja" ]; then
+        CXX=${CXX:-g++} meson setup "$dir" "$@" >/dev/null
+    fi
+    ninja -C "$dir" | tail -n 1
+}

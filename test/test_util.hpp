@@ -1,0 +1,135 @@
+// Shared test helpers: coroutine test cases with a watchdog, fd and zombie counts.
+#pragma once
+
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <dirent.h>
+#include <exception>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <unistd.h>
+
+namespace coproc::test {
+
+/// Aborts the test binary (so the run fails loudly instead of hanging) if not disarmed in time.
+class watchdog {
+  public:
+    explicit watchdog(std::chrono::seconds limit, const char* what = "test")
+        : t_([this, limit, what] {
+              std::unique_lock lk(m_);
+              if (!cv_.wait_for(lk, limit, [&] { return done_; })) {
+                  std::fprintf(stderr, "watchdog: %s still running after %llds: aborting\n", what,
+                               static_cast<long long>(limit.count()));
+                  std::abort();
+              }
+          }) {}
+    ~watchdog() {
+        {
+            std::lock_guard lk(m_);
+            done_ = true;
+        }
+        cv_.notify_all();
+        t_.join();
+    }
+
+  private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool done_ = false;
+    std::thread t_;
+};
+
+/// Runs `body(io)` as a coroutine on a fresh io_context until it finishes; an escaping
+/// exception fails the test.
+template <class Body> void run_coroutine(Body body, std::chrono::seconds limit = std::chrono::seconds(60)) {
+    watchdog dog(limit);
+    asio::io_context io;
+    std::exception_ptr failure;
+    bool finished = false;
+    asio::co_spawn(io, body(io), [&](std::exception_ptr e) {
+        failure = e;
+        finished = true;
+    });
+    while (!finished && io.run_one() > 0) {
+    }
+    REQUIRE_MESSAGE(finished, "the test coroutine never finished");
+    if (failure) {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const std::exception& e) {
+            FAIL("coroutine threw: " << e.what());
+        }
+    }
+}
+
+/// Open file descriptors of this process.
+inline int fd_count() {
+    int n = 0;
+    if (DIR* d = opendir("/proc/self/fd")) {
+        while (dirent* e = readdir(d))
+            if (e->d_name[0] != '.')
+                ++n;
+        closedir(d);
+    }
+    return n - 1; // the DIR's own descriptor
+}
+
+/// Children of this process (state, any), and how many are zombies.
+struct children {
+    int total = 0;
+    int zombies = 0;
+};
+inline children child_count() {
+    children c;
+    const std::string me = std::to_string(getpid());
+    if (DIR* d = opendir("/proc")) {
+        while (dirent* e = readdir(d)) {
+            if (e->d_name[0] < '0' || e->d_name[0] > '9')
+                continue;
+            std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
+            std::string line;
+            if (!std::getline(f, line))
+                continue;
+            const auto close = line.rfind(')');
+            if (close == std::string::npos)
+                continue;
+            std::istringstream rest(line.substr(close + 2));
+            char state = 0;
+            std::string ppid;
+            rest >> state >> ppid;
+            if (ppid == me) {
+                ++c.total;
+                c.zombies += state == 'Z';
+            }
+        }
+        closedir(d);
+    }
+    return c;
+}
+
+} // namespace coproc::test
+
+#define COPROC_TEST_CAT2(a, b) a##b
+#define COPROC_TEST_CAT(a, b) COPROC_TEST_CAT2(a, b)
+
+/// A doctest case whose body is a coroutine: `COPROC_TEST_CASE("x") { co_await ...; }`.
+/// `io` (the io_context running it) is in scope.
+#define COPROC_TEST_CASE(name)                                                                    \
+    static asio::awaitable<void> COPROC_TEST_CAT(coproc_test_body_, __LINE__)(asio::io_context&); \
+    TEST_CASE(name) {                                                                             \
+        ::coproc::test::run_coroutine([](asio::io_context& io) {                                  \
+            return COPROC_TEST_CAT(coproc_test_body_, __LINE__)(io);                              \
+        });                                                                                       \
+    }                                                                                             \
+    static asio::awaitable<void> COPROC_TEST_CAT(coproc_test_body_, __LINE__)(                    \
+        [[maybe_unused]] asio::io_context & io)
