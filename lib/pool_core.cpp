@@ -49,6 +49,7 @@ using socket_t = asio::local::stream_protocol::socket;
 
 constexpr std::size_t small_frame = 8 * 1024; // copied together into one write buffer
 constexpr auto exit_grace = std::chrono::milliseconds(200);
+constexpr int socket_buffer = 1 << 20;
 
 std::system_error os_error(const char* what) {
     return std::system_error(errno, std::system_category(), what);
@@ -161,6 +162,28 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         check_open_locked();
         for (auto& j : jobs)
             pending_.push_back(std::move(j));
+        pump();
+    }
+
+    void submit_more(std::vector<job_ptr> jobs) override {
+        std::lock_guard lk(mu_);
+        if (broken_)
+            std::rethrow_exception(broken_);
+        if (state_ == run_state::terminated)
+            throw pool_closed("the pool was terminated before the task finished");
+        for (auto& j : jobs)
+            pending_.push_back(std::move(j));
+        pump();
+    }
+
+    void hold() noexcept override {
+        std::lock_guard lk(mu_);
+        ++holds_;
+    }
+
+    void release() noexcept override {
+        std::lock_guard lk(mu_);
+        --holds_;
         pump();
     }
 
@@ -320,6 +343,10 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
             throw os_error("socketpair for a pool worker failed");
         cfg.close_fds.push_back(sv[0]);
+        for (int fd : sv) { // fewer wake-ups per large argument or result
+            ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &socket_buffer, sizeof socket_buffer);
+            ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &socket_buffer, sizeof socket_buffer);
+        }
         const pid_t pid = ::fork();
         if (pid < 0) {
             const auto e = os_error("fork of a pool worker failed");
@@ -549,7 +576,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         for (auto it = again.rbegin(); it != again.rend(); ++it)
             pending_.push_front(std::move(*it));
         if (!broken_ && (state_ == run_state::running ||
-                         (state_ == run_state::closing && !pending_.empty()))) {
+                         (state_ == run_state::closing && (!pending_.empty() || holds_ != 0)))) {
             slot_used_[w->slot] = true;
             ++spawning_;
             replace = w->slot;
@@ -620,7 +647,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
 
     // After close(), a worker with nothing left to do is told to exit (EOF on its socket).
     void maybe_shut(worker_proc& w) {
-        if (state_ != run_state::closing || !pending_.empty() || w.shut || !w.sock ||
+        if (state_ != run_state::closing || !pending_.empty() || holds_ != 0 || w.shut || !w.sock ||
             !w.inflight.empty() || w.writing)
             return;
         w.shut = true;
@@ -657,7 +684,12 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         }
         w->to_send.clear();
         w->writing = true;
-        asio::async_write(*w->sock, w->bufs,
+        // transfer_all() would cap each writev at 64 KiB; ask for everything that is left.
+        const std::size_t total = asio::buffer_size(w->bufs);
+        auto all_of_it = [total](const std::error_code& ec, std::size_t done) -> std::size_t {
+            return ec || done >= total ? 0 : total - done;
+        };
+        asio::async_write(*w->sock, w->bufs, all_of_it,
                           [self = shared_from_this(), w](std::error_code ec, std::size_t) {
                               std::lock_guard lk(self->mu_);
                               w->writing = false;
@@ -722,16 +754,16 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         for (auto& r : replies) {
             job& j = *r.j;
             if (r.f.kind == frame_kind::result)
-                j.sink->on_result(j.chunk, r.f.payload);
+                j.sink->on_result(j, r.f.payload);
             else
-                j.sink->on_error(j.chunk, decode_exception(r.f.payload, describe(j)));
+                j.sink->on_error(j, decode_exception(r.f.payload, describe(j)));
         }
         replies.clear();
     }
 
     static void run(std::vector<failure>& failed) {
         for (auto& f : failed)
-            f.j->sink->on_error(f.j->chunk, f.e);
+            f.j->sink->on_error(*f.j, f.e);
         failed.clear();
     }
 
@@ -747,6 +779,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     std::deque<job_ptr> pending_;
     std::vector<worker_ptr> workers_;
     std::size_t spawning_ = 0;
+    std::size_t holds_ = 0; // calls with jobs still to submit
     std::uint64_t next_id_ = 1;
     worker_slot* slots_ = nullptr;
     std::vector<bool> slot_used_;

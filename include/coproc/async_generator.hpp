@@ -6,8 +6,8 @@
 // (backpressure). Destroying it early cancels every chunk that has not started.
 #pragma once
 
+#include <coproc/detail/chunked_call.hpp>
 #include <coproc/detail/handler_slot.hpp>
-#include <coproc/detail/pool_core.hpp>
 
 #include <asio/awaitable.hpp>
 #include <asio/use_awaitable.hpp>
@@ -26,13 +26,13 @@ namespace coproc {
 
 namespace detail {
 
-/// The shared state of an imap: results by chunk, the parked consumer, the input cursor.
-template <class R> class imap_state : public task_sink {
+/// The shared state of an imap: results by chunk, the parked consumer, the input window.
+template <class R> class imap_state : public chunked_call {
   public:
-    imap_state(std::shared_ptr<pool_core> core, bool ordered, std::size_t max_in_flight)
-        : core_(std::move(core)), ordered_(ordered), max_in_flight_(max_in_flight) {}
+    imap_state(std::shared_ptr<pool_core> core, bool ordered, std::size_t max_chunks)
+        : chunked_call(std::move(core), max_chunks), ordered_(ordered) {}
 
-    void on_result(std::size_t chunk, std::span<const char> payload) override {
+    void on_result(const job& j, std::span<const char> payload) override {
         outcome o;
         try {
             reader r(payload);
@@ -45,13 +45,13 @@ template <class R> class imap_state : public task_sink {
             o.values.clear();
             o.error = std::current_exception();
         }
-        deliver(chunk, std::move(o));
+        deliver(j, std::move(o));
     }
 
-    void on_error(std::size_t chunk, std::exception_ptr e) override {
+    void on_error(const job& j, std::exception_ptr e) override {
         outcome o;
         o.error = std::move(e);
-        deliver(chunk, std::move(o));
+        deliver(j, std::move(o));
     }
 
     asio::awaitable<std::optional<R>> next() {
@@ -73,11 +73,8 @@ template <class R> class imap_state : public task_sink {
         }
     }
 
-    ~imap_state() override = default;
-
   protected:
-    /// Encodes the next chunk of input, or returns nullptr when the input is exhausted.
-    virtual job_ptr next_job(std::size_t chunk) = 0;
+    std::size_t buffered() const override { return arrived_.size(); }
 
   private:
     struct outcome {
@@ -85,7 +82,7 @@ template <class R> class imap_state : public task_sink {
         std::exception_ptr error;
     };
 
-    // The values (or error) ready for the consumer, under m_.
+    // Whether next() has something to return now (a value, an error or the end), under m_.
     bool has_ready() const {
         if (!current_.empty() || pending_error_)
             return true;
@@ -117,57 +114,39 @@ template <class R> class imap_state : public task_sink {
         }
     }
 
-    void deliver(std::size_t chunk, outcome o) {
+    void deliver(const job& j, outcome o) {
         std::lock_guard lk(m_);
-        --in_flight_;
+        finished_locked(j);
         // Unordered: chunks are numbered by arrival so the map pops them first come.
-        arrived_.emplace(ordered_ ? chunk : arrival_++, std::move(o));
+        arrived_.emplace(ordered_ ? j.chunk : arrival_++, std::move(o));
         if (!waiter_.empty() && has_ready())
             waiter_.post();
     }
 
-    /// Submits chunks until max_in_flight_ are in flight or buffered, or input runs out.
-    void refill() {
-        std::vector<job_ptr> jobs;
-        {
-            std::lock_guard lk(m_);
-            while (!input_done_ && in_flight_ + arrived_.size() < max_in_flight_) {
-                job_ptr j = next_job(submitted_);
-                if (!j) {
-                    input_done_ = true;
-                    break;
-                }
-                ++submitted_;
-                ++in_flight_;
-                jobs.push_back(std::move(j));
-            }
-        }
-        if (jobs.empty())
-            return;
-        const std::size_t n = jobs.size();
-        try {
-            core_->submit(std::move(jobs));
-        } catch (...) {
-            std::lock_guard lk(m_);
-            in_flight_ -= n;
-            input_done_ = true;
-            throw;
-        }
-    }
-
-    std::shared_ptr<pool_core> core_;
     const bool ordered_;
-    const std::size_t max_in_flight_;
-    std::mutex m_;
     handler_slot waiter_;
     std::map<std::size_t, outcome> arrived_;
     std::deque<R> current_;
     std::exception_ptr pending_error_;
     std::size_t next_chunk_ = 0;
     std::size_t arrival_ = 0;
-    std::size_t submitted_ = 0;
-    std::size_t in_flight_ = 0;
-    bool input_done_ = false;
+};
+
+/// An imap over an owned input view.
+template <class R, class Fp, bool Star, class View> class imap_source final : public imap_state<R> {
+  public:
+    imap_source(std::shared_ptr<pool_core> core, bool ordered, Fp fn, View items,
+                std::size_t chunksize, std::size_t workers)
+        : imap_state<R>(std::move(core), ordered, window_chunks(workers, chunksize)),
+          encoder_(fn, std::move(items), chunksize) {}
+
+  protected:
+    job_ptr encode_next(std::size_t chunk) override {
+        return encoder_.next(this->shared_from_this(), chunk);
+    }
+
+  private:
+    chunk_encoder<Fp, Star, View> encoder_;
 };
 
 } // namespace detail
@@ -177,10 +156,17 @@ template <class R> class async_generator {
   public:
     explicit async_generator(std::shared_ptr<detail::imap_state<R>> s) : s_(std::move(s)) {}
     async_generator(async_generator&&) noexcept = default;
-    async_generator& operator=(async_generator&&) noexcept = default;
+    async_generator& operator=(async_generator&& o) noexcept {
+        if (this != &o) {
+            if (s_)
+                s_->stop();
+            s_ = std::move(o.s_);
+        }
+        return *this;
+    }
     ~async_generator() {
         if (s_)
-            s_->cancel();
+            s_->stop();
     }
 
     /// The next result, or std::nullopt when all are consumed. Rethrows a task's exception at

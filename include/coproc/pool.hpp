@@ -64,7 +64,7 @@ template <class T> asio::awaitable<T> await_completion(std::shared_ptr<completio
 template <class T> class value_sink final : public task_sink {
   public:
     explicit value_sink(std::shared_ptr<completion<T>> c) : c_(std::move(c)) {}
-    void on_result(std::size_t, std::span<const char> payload) override {
+    void on_result(const job&, std::span<const char> payload) override {
         try {
             value_t<T> v;
             deserialize_from(payload, v);
@@ -73,22 +73,24 @@ template <class T> class value_sink final : public task_sink {
             c_->set_error(std::current_exception());
         }
     }
-    void on_error(std::size_t, std::exception_ptr e) override { c_->set_error(std::move(e)); }
+    void on_error(const job&, std::exception_ptr e) override { c_->set_error(std::move(e)); }
 
   private:
     std::shared_ptr<completion<T>> c_;
 };
 
-/// Sink of a chunked call (map, starmap): chunk k holds items [k*chunksize, ...).
-template <class T> class map_sink final : public task_sink {
+/// map/starmap: chunk k holds items [k * chunksize, ...); the results fill one vector.
+template <class T, class Fp, bool Star, class View> class map_call final : public chunked_call {
   public:
-    map_sink(std::shared_ptr<completion<std::vector<T>>> c, std::size_t n, std::size_t chunksize)
-        : c_(std::move(c)), results_(n), chunksize_(chunksize),
-          remaining_((n + chunksize - 1) / chunksize) {}
+    map_call(std::shared_ptr<pool_core> core, std::shared_ptr<completion<std::vector<T>>> c, Fp fn,
+             View items, std::size_t n, std::size_t chunksize, std::size_t workers)
+        : chunked_call(std::move(core), window_chunks(workers, chunksize)), c_(std::move(c)),
+          results_(n), chunksize_(chunksize), remaining_((n + chunksize - 1) / chunksize),
+          encoder_(fn, std::move(items), chunksize) {}
 
-    void on_result(std::size_t chunk, std::span<const char> payload) override {
+    void on_result(const job& j, std::span<const char> payload) override {
         try {
-            const std::size_t first = chunk * chunksize_;
+            const std::size_t first = j.chunk * chunksize_;
             const std::size_t last = std::min(first + chunksize_, results_.size());
             reader r(payload);
             for (std::size_t i = first; i < last; ++i) {
@@ -97,84 +99,68 @@ template <class T> class map_sink final : public task_sink {
                 results_[i] = std::move(v);
             }
         } catch (...) {
-            return on_error(chunk, std::current_exception());
+            return on_error(j, std::current_exception());
+        }
+        {
+            std::lock_guard lk(m_);
+            finished_locked(j);
         }
         if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1)
-            c_->set_value(std::move(results_));
+            return c_->set_value(std::move(results_));
+        try {
+            refill();
+        } catch (...) {
+            fail(std::current_exception());
+        }
     }
 
-    void on_error(std::size_t, std::exception_ptr e) override {
+    void on_error(const job& j, std::exception_ptr e) override {
+        {
+            std::lock_guard lk(m_);
+            finished_locked(j);
+        }
+        fail(std::move(e));
+    }
+
+  protected:
+    job_ptr encode_next(std::size_t chunk) override {
+        return encoder_.next(shared_from_this(), chunk);
+    }
+
+  private:
+    // Python's map fails whole on the first error: stop sending chunks.
+    void fail(std::exception_ptr e) {
         if (!failed_.exchange(true)) {
-            cancel(); // Python's map fails whole on the first error: drop unsent chunks
+            stop();
             c_->set_error(std::move(e));
         }
     }
 
-  private:
     std::shared_ptr<completion<std::vector<T>>> c_;
     std::vector<T> results_;
     const std::size_t chunksize_;
     std::atomic<std::size_t> remaining_;
     std::atomic<bool> failed_{false};
+    chunk_encoder<Fp, Star, View> encoder_;
 };
 
-/// Writes one input item as the argument tuple `Args` of the task function. With `Star`, the
-/// item is itself a tuple (or pair/array) of arguments, as in starmap.
-template <bool Star, class Args, class Item> void write_item(writer& w, const Item& item) {
-    if constexpr (Star) {
-        static_assert(std::tuple_size_v<std::remove_cvref_t<Item>> == std::tuple_size_v<Args>,
-                      "starmap: each item must be a tuple with one element per parameter of "
-                      "the task function");
-        [&]<std::size_t... I>(std::index_sequence<I...>) {
-            (write_item<false, std::tuple<std::tuple_element_t<I, Args>>>(w, std::get<I>(item)),
-             ...);
-        }(std::make_index_sequence<std::tuple_size_v<Args>>{});
+/// The input of a chunked call as a view the call can keep: lvalue ranges by reference (or
+/// copied, with `Copy`), rvalues moved in, unsized ranges collected into a vector.
+template <bool Copy, class Range> auto keep_range(Range&& r) {
+    using plain = std::remove_cvref_t<Range>;
+    constexpr bool collect = !std::ranges::sized_range<Range> ||
+                             (Copy && std::is_lvalue_reference_v<Range> && !std::ranges::view<plain>);
+    if constexpr (collect) {
+        std::vector<std::ranges::range_value_t<Range>> v;
+        if constexpr (std::ranges::sized_range<Range>)
+            v.reserve(std::ranges::size(r));
+        for (auto&& x : r)
+            v.push_back(std::forward<decltype(x)>(x));
+        return std::views::all(std::move(v));
     } else {
-        static_assert(std::tuple_size_v<Args> == 1,
-                      "map/imap: the task function must take exactly one parameter (use "
-                      "starmap for several)");
-        using arg = std::tuple_element_t<0, Args>;
-        static_assert(std::is_constructible_v<arg, const Item&>,
-                      "map: an input item does not convert to the task function's parameter");
-        if constexpr (std::is_same_v<std::remove_cvref_t<Item>, arg>) {
-            w(item);
-        } else {
-            const arg converted(item);
-            w(converted);
-        }
+        return std::views::all(std::forward<Range>(r));
     }
 }
-
-/// An imap over an owned input range.
-template <class T, class Fp, bool Star, class Range> class imap_source final : public imap_state<T> {
-  public:
-    imap_source(std::shared_ptr<pool_core> core, bool ordered, std::size_t max_in_flight, Fp fn,
-                Range items, std::size_t chunksize)
-        : imap_state<T>(std::move(core), ordered, max_in_flight), fn_(fn),
-          items_(std::move(items)), it_(std::ranges::begin(items_)), chunksize_(chunksize) {}
-
-  protected:
-    job_ptr next_job(std::size_t chunk) override {
-        if (it_ == std::ranges::end(items_))
-            return nullptr;
-        auto self = this->shared_from_this();
-        return make_job(
-            fn_,
-            [&](writer& w) {
-                std::uint64_t n = 0;
-                for (; n < chunksize_ && it_ != std::ranges::end(items_); ++it_, ++n)
-                    write_item<Star, typename fn_traits<Fp>::args>(w, *it_);
-                return n;
-            },
-            std::move(self), chunk);
-    }
-
-  private:
-    Fp fn_;
-    Range items_;
-    std::ranges::iterator_t<Range> it_;
-    const std::size_t chunksize_;
-};
 
 } // namespace detail
 
@@ -205,14 +191,16 @@ class pool {
     }
 
     /// Applies `fn` to every item; the results keep the input order. Items travel in chunks
-    /// of `chunksize` (0: Python's default, ceil(n / (4 * size()))). The first task error
-    /// fails the whole call, as in Python.
+    /// of `chunksize` (0: Python's default, ceil(n / (4 * size()))), encoded as earlier chunks
+    /// complete, so only a bounded window of a large input is in flight. An lvalue range is
+    /// read in place and must live until the call completes (an rvalue is moved in). The
+    /// first task error fails the whole call, as in Python.
     /// Example: `std::vector<int> sq = co_await pool.map(square, numbers);`
     template <class F, std::ranges::input_range Range>
     [[nodiscard]] asio::awaitable<std::vector<detail::value_t<detail::task_result_t<F>>>>
     map(F fn, Range&& items, std::size_t chunksize = 0) {
         return detail::await_completion(
-            submit_map<false>(fn, std::forward<Range>(items), chunksize, {}, {}));
+            submit_map<false, false>(fn, std::forward<Range>(items), chunksize, {}, {}));
     }
 
     /// As map, but each item is a tuple of arguments: `fn(std::get<0>(item), ...)`.
@@ -221,7 +209,7 @@ class pool {
     [[nodiscard]] asio::awaitable<std::vector<detail::value_t<detail::task_result_t<F>>>>
     starmap(F fn, Range&& items, std::size_t chunksize = 0) {
         return detail::await_completion(
-            submit_map<true>(fn, std::forward<Range>(items), chunksize, {}, {}));
+            submit_map<true, false>(fn, std::forward<Range>(items), chunksize, {}, {}));
     }
 
     /// Lazily applies `fn` to the items, yielding results in input order. The generator owns
@@ -252,14 +240,15 @@ class pool {
             submit_apply<T>(fn, std::move(args), std::move(callback), std::move(error_callback)));
     }
 
-    /// map(), for blocking code: returns at once; get() waits for the results.
+    /// map(), for blocking code: returns at once; get() waits for the results. An lvalue
+    /// range is copied first (pass it with std::move to avoid the copy).
     template <class F, std::ranges::input_range Range,
               class T = detail::value_t<detail::task_result_t<F>>>
     [[nodiscard]] async_result<std::vector<T>>
     map_async(F fn, Range&& items, std::size_t chunksize = 0,
               std::function<void(std::vector<T>)> callback = {},
               std::function<void(std::exception_ptr)> error_callback = {}) {
-        return async_result<std::vector<T>>(submit_map<false>(fn, std::forward<Range>(items),
+        return async_result<std::vector<T>>(submit_map<false, true>(fn, std::forward<Range>(items),
                                                               chunksize, std::move(callback),
                                                               std::move(error_callback)));
     }
@@ -271,7 +260,7 @@ class pool {
     starmap_async(F fn, Range&& items, std::size_t chunksize = 0,
                   std::function<void(std::vector<T>)> callback = {},
                   std::function<void(std::exception_ptr)> error_callback = {}) {
-        return async_result<std::vector<T>>(submit_map<true>(fn, std::forward<Range>(items),
+        return async_result<std::vector<T>>(submit_map<true, true>(fn, std::forward<Range>(items),
                                                              chunksize, std::move(callback),
                                                              std::move(error_callback)));
     }
@@ -308,46 +297,28 @@ class pool {
         return c;
     }
 
-    template <bool Star, class F, class Range, class T = detail::value_t<detail::task_result_t<F>>>
+    template <bool Star, bool Copy, class F, class Range,
+              class T = detail::value_t<detail::task_result_t<F>>>
     std::shared_ptr<detail::completion<std::vector<T>>>
     submit_map(F fn, Range&& items, std::size_t chunksize,
                std::function<void(std::vector<T>)> callback,
                std::function<void(std::exception_ptr)> error_callback) {
-        using args = detail::task_args_t<F>;
-        if constexpr (!std::ranges::sized_range<Range> || !std::ranges::forward_range<Range>) {
-            std::vector<std::ranges::range_value_t<Range>> copy;
-            for (auto&& x : items)
-                copy.push_back(std::forward<decltype(x)>(x));
-            return submit_map<Star>(fn, copy, chunksize, std::move(callback),
-                                    std::move(error_callback));
-        } else {
-            auto c = std::make_shared<detail::completion<std::vector<T>>>(
-                core_, std::move(callback), std::move(error_callback));
-            const std::size_t n = std::ranges::size(items);
-            if (n == 0) {
-                core_check_open();
-                c->set_value({});
-                return c;
-            }
-            const std::size_t cs = chunksize ? chunksize : detail::default_chunksize(n, size());
-            auto sink = std::make_shared<detail::map_sink<T>>(c, n, cs);
-            std::vector<detail::job_ptr> jobs;
-            jobs.reserve((n + cs - 1) / cs);
-            auto it = std::ranges::begin(items);
-            for (std::size_t first = 0, k = 0; first < n; first += cs, ++k) {
-                const std::size_t count = std::min(cs, n - first);
-                jobs.push_back(detail::make_job(
-                    detail::to_function_pointer(fn),
-                    [&](detail::writer& w) {
-                        for (std::size_t i = 0; i < count; ++i, ++it)
-                            detail::write_item<Star, args>(w, *it);
-                        return count;
-                    },
-                    sink, k));
-            }
-            core_->submit(std::move(jobs));
+        using Fp = detail::function_pointer_t<F>;
+        auto view = detail::keep_range<Copy>(std::forward<Range>(items));
+        using View = decltype(view);
+        auto c = std::make_shared<detail::completion<std::vector<T>>>(
+            core_, std::move(callback), std::move(error_callback));
+        const std::size_t n = std::ranges::size(view);
+        if (n == 0) {
+            core_check_open();
+            c->set_value({});
             return c;
         }
+        const std::size_t cs = chunksize ? chunksize : detail::default_chunksize(n, size());
+        auto call = std::make_shared<detail::map_call<T, Fp, Star, View>>(
+            core_, c, detail::to_function_pointer(fn), std::move(view), n, cs, size());
+        call->start();
+        return c;
     }
 
     template <bool Star, class F, class Range>
@@ -357,12 +328,10 @@ class pool {
         using Fp = detail::function_pointer_t<F>;
         if (chunksize == 0)
             throw error("imap: chunksize must be at least 1");
-        core_check_open();
-        const std::size_t w = size();
-        const std::size_t max_in_flight = 2 * w + (256 * w + chunksize - 1) / chunksize;
-        auto s = std::make_shared<detail::imap_source<T, Fp, Star, Range>>(
-            core_, ordered, max_in_flight, detail::to_function_pointer(fn), std::move(items),
-            chunksize);
+        auto view = std::views::all(std::move(items));
+        auto s = std::make_shared<detail::imap_source<T, Fp, Star, decltype(view)>>(
+            core_, ordered, detail::to_function_pointer(fn), std::move(view), chunksize, size());
+        s->start();
         return async_generator<T>(std::move(s));
     }
 

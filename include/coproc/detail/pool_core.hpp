@@ -27,12 +27,16 @@ namespace coproc::detail {
 
 /// Receives the outcome of the jobs of one call. Called on the pool's event loop, possibly
 /// from several threads at once if that loop is run by several threads.
+struct job;
+
+/// Receives the outcome of the jobs of one call. Called on the pool's event loop, possibly
+/// from several threads at once if that loop is run by several threads.
 class task_sink : public std::enable_shared_from_this<task_sink> {
   public:
     virtual ~task_sink() = default;
-    /// Job `chunk` returned; `payload` holds its results, valid during the call only.
-    virtual void on_result(std::size_t chunk, std::span<const char> payload) = 0;
-    virtual void on_error(std::size_t chunk, std::exception_ptr e) = 0;
+    /// Job `j` returned; `payload` holds its results, valid during the call only.
+    virtual void on_result(const job& j, std::span<const char> payload) = 0;
+    virtual void on_error(const job& j, std::exception_ptr e) = 0;
     /// Jobs of a cancelled sink that have not been sent yet are dropped.
     bool cancelled() const noexcept { return cancelled_.load(std::memory_order_relaxed); }
     void cancel() noexcept { cancelled_.store(true, std::memory_order_relaxed); }
@@ -44,7 +48,7 @@ class task_sink : public std::enable_shared_from_this<task_sink> {
 struct job {
     std::vector<char> frame; // the request frame; its id is set when submitted
     std::shared_ptr<task_sink> sink;
-    std::size_t chunk = 0;
+    std::size_t chunk = 0;   // index of this job within its call
     std::uint64_t id = 0;
     std::string_view name; // the function's type, for error messages
 };
@@ -85,6 +89,12 @@ class pool_core {
     virtual void submit(job_ptr j) = 0;
     virtual void submit(std::vector<job_ptr> jobs) = 0;
 
+    /// Queues further jobs of a call already accepted (a map or imap encoding its input as it
+    /// goes): still allowed after close(), refused after terminate().
+    virtual void submit_more(std::vector<job_ptr> jobs) = 0;
+    /// While held, close() keeps the workers for a call that has more jobs to submit.
+    virtual void hold() noexcept = 0;
+    virtual void release() noexcept = 0;
     /// Throws pool_closed (or the initializer's failure) if no new task would be accepted.
     virtual void check_open() const = 0;
     virtual void close() = 0;
