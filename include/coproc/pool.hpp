@@ -60,23 +60,20 @@ template <class T> asio::awaitable<T> await_completion(std::shared_ptr<completio
         co_return c->take();
 }
 
-/// Sink of a single-task call (apply): decodes one value into the completion.
-template <class T> class value_sink final : public task_sink {
+/// A single-task call (apply): the completion is its own sink (one allocation per call).
+template <class T> class value_call final : public completion<T>, public task_sink {
   public:
-    explicit value_sink(std::shared_ptr<completion<T>> c) : c_(std::move(c)) {}
+    using completion<T>::completion;
     void on_result(const job&, std::span<const char> payload) override {
         try {
             value_t<T> v;
             deserialize_from(payload, v);
-            c_->set_value(std::move(v));
+            this->set_value(std::move(v));
         } catch (...) {
-            c_->set_error(std::current_exception());
+            this->set_error(std::current_exception());
         }
     }
-    void on_error(const job&, std::exception_ptr e) override { c_->set_error(std::move(e)); }
-
-  private:
-    std::shared_ptr<completion<T>> c_;
+    void on_error(const job&, std::exception_ptr e) override { this->set_error(std::move(e)); }
 };
 
 /// map/starmap: chunk k holds items [k * chunksize, ...); the results fill one vector.
@@ -246,7 +243,7 @@ class pool {
               class T = detail::value_t<detail::task_result_t<F>>>
     [[nodiscard]] async_result<std::vector<T>>
     map_async(F fn, Range&& items, std::size_t chunksize = 0,
-              std::function<void(std::vector<T>)> callback = {},
+              std::function<void(std::vector<std::type_identity_t<T>>)> callback = {},
               std::function<void(std::exception_ptr)> error_callback = {}) {
         return async_result<std::vector<T>>(submit_map<false, true>(fn, std::forward<Range>(items),
                                                               chunksize, std::move(callback),
@@ -258,7 +255,7 @@ class pool {
               class T = detail::value_t<detail::task_result_t<F>>>
     [[nodiscard]] async_result<std::vector<T>>
     starmap_async(F fn, Range&& items, std::size_t chunksize = 0,
-                  std::function<void(std::vector<T>)> callback = {},
+                  std::function<void(std::vector<std::type_identity_t<T>>)> callback = {},
                   std::function<void(std::exception_ptr)> error_callback = {}) {
         return async_result<std::vector<T>>(submit_map<true, true>(fn, std::forward<Range>(items),
                                                              chunksize, std::move(callback),
@@ -285,16 +282,16 @@ class pool {
     submit_apply(F fn, detail::task_args_t<F> args,
                  typename detail::completion<T>::callback_t callback,
                  typename detail::completion<T>::error_callback_t error_callback) {
-        auto c = std::make_shared<detail::completion<T>>(core_, std::move(callback),
-                                                         std::move(error_callback));
+        auto call = std::make_shared<detail::value_call<T>>(core_, std::move(callback),
+                                                            std::move(error_callback));
         core_->submit(detail::make_job(
             detail::to_function_pointer(fn),
             [&](detail::writer& w) {
                 w(args);
                 return 1;
             },
-            std::make_shared<detail::value_sink<T>>(c), 0));
-        return c;
+            call, 0));
+        return call;
     }
 
     template <bool Star, bool Copy, class F, class Range,

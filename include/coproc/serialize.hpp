@@ -37,16 +37,18 @@
 #include <span>
 #include <streambuf>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace coproc {
 
 namespace detail {
 
-/// A streambuf that appends everything written to a std::vector<char>.
+/// A streambuf that appends everything written to a std::vector<char>. It keeps no buffer of
+/// its own, so its target may change between writes.
 class vector_streambuf final : public std::streambuf {
   public:
-    explicit vector_streambuf(std::vector<char>& out) noexcept : out_(&out) {}
+    std::vector<char>* target(std::vector<char>* out) noexcept { return std::exchange(out_, out); }
 
   protected:
     std::streamsize xsputn(const char* s, std::streamsize n) override {
@@ -60,43 +62,70 @@ class vector_streambuf final : public std::streambuf {
     }
 
   private:
-    std::vector<char>* out_;
+    std::vector<char>* out_ = nullptr;
 };
 
-/// A streambuf that reads from a fixed span of bytes.
+/// A streambuf that reads from a span of bytes, which may change between reads.
 class span_streambuf final : public std::streambuf {
   public:
-    explicit span_streambuf(std::span<const char> in) noexcept {
+    struct area {
+        char *begin, *next, *end;
+    };
+    area target(std::span<const char> in) noexcept {
         char* p = const_cast<char*>(in.data()); // never written through: get area only
-        setg(p, p, p + in.size());
+        return target(area{p, p, p + in.size()});
     }
-    std::size_t consumed() const noexcept { return static_cast<std::size_t>(gptr() - eback()); }
+    area target(area a) noexcept {
+        const area old{eback(), gptr(), egptr()};
+        setg(a.begin, a.next, a.end);
+        return old;
+    }
     std::size_t remaining() const noexcept { return static_cast<std::size_t>(egptr() - gptr()); }
+};
+
+// Constructing a std::ostream/istream costs locale look-ups; each thread keeps one of each and
+// points it at the buffer at hand (restoring the previous target, so uses may nest).
+struct thread_streams {
+    vector_streambuf out_buf;
+    span_streambuf in_buf;
+    std::ostream os{&out_buf};
+    std::istream is{&in_buf};
+    static thread_streams& get() {
+        static thread_local thread_streams s;
+        return s;
+    }
 };
 
 /// Writes values to an output buffer through a cereal binary archive.
 class writer {
   public:
-    explicit writer(std::vector<char>& out) : buf_(out), os_(&buf_), ar_(os_) {}
+    explicit writer(std::vector<char>& out)
+        : s_(thread_streams::get()), prev_(s_.out_buf.target(&out)), ar_(s_.os) {}
+    ~writer() { s_.out_buf.target(prev_); }
+    writer(const writer&) = delete;
     template <class... T> void operator()(const T&... v) { ar_(v...); }
 
   private:
-    vector_streambuf buf_;
-    std::ostream os_;
+    thread_streams& s_;
+    std::vector<char>* prev_;
     cereal::BinaryOutputArchive ar_;
 };
 
-/// Reads values from a byte span through a cereal binary archive. A read past the end or a
-/// malformed value throws coproc::error naming `what` (e.g. "result of task 12").
+/// Reads values from a byte span through a cereal binary archive.
 class reader {
   public:
-    explicit reader(std::span<const char> in) : buf_(in), is_(&buf_), ar_(is_) {}
+    explicit reader(std::span<const char> in)
+        : s_(thread_streams::get()), prev_(s_.in_buf.target(in)), ar_(s_.is) {
+        s_.is.clear();
+    }
+    ~reader() { s_.in_buf.target(prev_); }
+    reader(const reader&) = delete;
     template <class... T> void operator()(T&... v) { ar_(v...); }
-    std::size_t remaining() const noexcept { return buf_.remaining(); }
+    std::size_t remaining() const noexcept { return s_.in_buf.remaining(); }
 
   private:
-    span_streambuf buf_;
-    std::istream is_;
+    thread_streams& s_;
+    span_streambuf::area prev_;
     cereal::BinaryInputArchive ar_;
 };
 
