@@ -186,7 +186,9 @@ class worker {
     std::int64_t avg_ns_ = 0;
 };
 
-void reset_signals() noexcept {
+} // namespace
+
+void reset_child_state() noexcept {
     // Handlers installed by the parent (Asio's signal_set among them) must not run here.
     for (int s = 1; s < NSIG; ++s) {
         struct sigaction sa;
@@ -198,23 +200,26 @@ void reset_signals() noexcept {
             sigaction(s, &sa, nullptr);
         }
     }
-    // Ctrl-C reaches the whole process group: the parent decides, workers carry on.
     std::signal(SIGINT, SIG_IGN);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
+    // Output the parent had buffered but not written belongs to the parent.
+    __fpurge(stdout);
+    __fpurge(stderr);
 }
 
-} // namespace
+void tune_worker_socket(int fd) noexcept {
+    constexpr int bytes = 1 << 20;
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+}
 
 void worker_main(int fd, worker_slot* slot, const worker_config& cfg) noexcept {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != cfg.parent)
         _exit(0); // the parent died between fork() and prctl()
-    reset_signals();
-    // Output the parent had buffered but not written belongs to the parent.
-    __fpurge(stdout);
-    __fpurge(stderr);
+    reset_child_state();
     for (int other : cfg.close_fds)
         ::close(other);
     slot->task_id.store(0, std::memory_order_relaxed);

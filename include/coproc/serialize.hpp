@@ -10,6 +10,7 @@
 // throws coproc::error when the bytes are malformed or truncated.
 #pragma once
 
+#include <coproc/detail/archive.hpp>
 #include <coproc/error.hpp>
 
 #include <cereal/archives/binary.hpp>
@@ -126,7 +127,7 @@ class reader {
   private:
     thread_streams& s_;
     span_streambuf::area prev_;
-    cereal::BinaryInputArchive ar_;
+    checked_input_archive ar_;
 };
 
 [[noreturn]] void throw_malformed(std::string_view what, const char* why);
