@@ -4,6 +4,10 @@
 #include <coproc/async_generator.hpp>
 #include <coproc/async_result.hpp>
 #include <coproc/error.hpp>
+#include <coproc/lock.hpp>
 #include <coproc/options.hpp>
+#include <coproc/pipe.hpp>
 #include <coproc/pool.hpp>
+#include <coproc/process.hpp>
+#include <coproc/queue.hpp>
 #include <coproc/serialize.hpp>

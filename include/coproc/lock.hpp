@@ -1,0 +1,154 @@
+// coproc/lock.hpp — lock, a lock shared by processes (Python's multiprocessing.Lock).
+//
+//   coproc::lock l;                              // create before the processes that use it
+//   l.acquire(); ...; l.release();               { auto g = l.scoped(); ... } // released
+//   l.try_acquire()   l.acquire_for(100ms)
+//   co_await l.async_acquire();                  auto g = co_await l.async_scoped();
+//
+// A lock is a handle: copies refer to the same lock, in this process and in every process
+// forked after it was made (a `process` target, a pool worker). Pass it to a pool task as an
+// argument only if it was created before the pool: a lock made after the pool's workers started
+// does not exist in them, and the task fails with coproc::error saying so.
+//
+// The lock is held by a process, not a thread (as Python's): any thread of the holder may
+// release it; it is not recursive. If the holder dies, the next acquirer gets coproc::owner_died
+// (once), and then holds the lock. A dead holder is noticed within about 50 ms.
+#pragma once
+
+#include <coproc/detail/handle.hpp>
+#include <coproc/error.hpp>
+
+#include <asio/awaitable.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <utility>
+
+namespace coproc {
+
+class lock_guard;
+
+namespace detail {
+
+class blocking_runner;
+
+/// The shared state of a lock: a futex word in shared memory holding the holder's pid.
+class lock_core final : public registered {
+  public:
+    lock_core();
+    ~lock_core();
+    /// Waits until `deadline` (none: for ever); false on timeout. Throws owner_died.
+    bool acquire_until(std::optional<clock::time_point> deadline);
+    bool try_acquire();
+    void release();
+    /// A coroutine that owns `self`, so the lock may be destroyed while it waits.
+    static asio::awaitable<void> async_acquire(std::shared_ptr<lock_core> self);
+    static asio::awaitable<lock_guard> async_scoped(std::shared_ptr<lock_core> self);
+
+  private:
+    bool try_take(std::uint32_t me) noexcept;
+    void take_over_if_dead(std::uint32_t seen, std::uint32_t me);
+    std::atomic<std::uint32_t>* word_;
+    std::unique_ptr<blocking_runner> runner_;
+};
+
+} // namespace detail
+
+/// A lock shared by processes.
+class lock {
+  public:
+    /// A new, unlocked lock.
+    lock();
+
+    /// Blocks until the lock is acquired. Throws owner_died if the previous holder died (the
+    /// caller then holds the lock).
+    void acquire() { core_->acquire_until(std::nullopt); }
+    /// Acquires the lock if it is free; never blocks. Throws owner_died as acquire() does.
+    bool try_acquire() { return core_->try_acquire(); }
+    /// Waits at most `timeout`; false if the lock was not acquired. Throws owner_died.
+    template <class Rep, class Period>
+    bool acquire_for(std::chrono::duration<Rep, Period> timeout) {
+        return core_->acquire_until(detail::deadline_after(timeout));
+    }
+    /// Releases the lock. Throws coproc::error if it is not held.
+    void release() { core_->release(); }
+
+    /// Acquires now; the returned guard releases when it dies. If this throws owner_died, the
+    /// lock is held with no guard: repair, then release().
+    /// Example: `{ auto g = l.scoped(); std::puts("alone"); }`
+    [[nodiscard]] lock_guard scoped();
+    /// Acquires without blocking the event-loop thread (the wait runs on a helper thread).
+    /// Resumes on the awaiting coroutine's executor. Throws owner_died as acquire() does.
+    /// Keep the executor running until the await completes: a lock acquired for a coroutine
+    /// whose executor was destroyed is never released.
+    [[nodiscard]] asio::awaitable<void> async_acquire() {
+        return detail::lock_core::async_acquire(core_);
+    }
+    /// async_acquire(), then a guard that releases.
+    [[nodiscard]] asio::awaitable<lock_guard> async_scoped() {
+        return detail::lock_core::async_scoped(core_);
+    }
+
+    /// cereal: a lock travels to a pool worker as its registry token (see the top of the file).
+    template <class Archive> void save(Archive& ar) const { ar(core_->token()); }
+    template <class Archive> void load(Archive& ar) {
+        std::uint64_t token = 0;
+        ar(token);
+        core_ = detail::load_registered<detail::lock_core>(token, detail::handle_kind::lock);
+    }
+
+  private:
+    std::shared_ptr<detail::lock_core> core_;
+};
+
+/// Holds a lock until destroyed or release()d. Move-only.
+class lock_guard {
+  public:
+    lock_guard() noexcept = default;
+    lock_guard(lock_guard&& o) noexcept : core_(std::move(o.core_)) {}
+    lock_guard& operator=(lock_guard&& o) noexcept {
+        if (this != &o) {
+            unlock_quietly();
+            core_ = std::move(o.core_);
+        }
+        return *this;
+    }
+    ~lock_guard() { unlock_quietly(); }
+
+    /// Releases the lock now (the guard then holds nothing).
+    void release() {
+        if (auto c = std::move(core_))
+            c->release();
+    }
+    /// Whether the guard still holds its lock.
+    bool owns_lock() const noexcept { return core_ != nullptr; }
+
+  private:
+    friend class lock;
+    friend class detail::lock_core;
+    explicit lock_guard(std::shared_ptr<detail::lock_core> core) noexcept
+        : core_(std::move(core)) {}
+    void unlock_quietly() noexcept {
+        try {
+            release();
+        } catch (...) { // released by someone else meanwhile: nothing left to do
+        }
+    }
+    std::shared_ptr<detail::lock_core> core_;
+};
+
+inline lock_guard lock::scoped() {
+    acquire();
+    return lock_guard(core_);
+}
+
+inline asio::awaitable<lock_guard>
+detail::lock_core::async_scoped(std::shared_ptr<lock_core> self) {
+    co_await async_acquire(self);
+    co_return lock_guard(std::move(self));
+}
+
+} // namespace coproc

@@ -1,0 +1,150 @@
+// coproc/pipe.hpp — pipe<T>, two connected ends (Python's multiprocessing.Pipe).
+//
+//   auto [parent_conn, child_conn] = coproc::pipe<std::string>();    // duplex
+//   auto [r, w] = coproc::pipe<int>(false);     // one-way: r receives, w sends (Python's order)
+//   conn.send(v)   conn.recv()   conn.poll(100ms)   conn.send_bytes(bytes)   conn.recv_bytes()
+//   co_await conn.async_send(v)   co_await conn.async_recv()   conn.close()
+//
+// Messages are length-prefixed frames of cereal-binary payload (send_bytes: raw bytes) on a
+// Unix stream socket; any size works. A connection is a handle: copies share one descriptor,
+// which processes forked afterwards inherit (pass one end to a `process` target). Pass it to a
+// pool task only if it was made before the pool: a connection made after the pool's workers
+// started does not exist in them, and the task fails with coproc::error saying so.
+//
+// End of stream: recv() throws coproc::eof_error once every copy of the other end is closed
+// (close(), or its processes exited) and nothing is left to read; send() throws eof_error when
+// the other end is gone. As in Python, the parent should close() its copy of the child's end
+// after starting the child, or it keeps that end open itself.
+//
+// One sender and one receiver at a time per end (as in Python): concurrent sends or recvs on
+// the same end, or an async_recv abandoned mid-message, interleave frames.
+#pragma once
+
+#include <coproc/detail/handle.hpp>
+#include <coproc/error.hpp>
+#include <coproc/serialize.hpp>
+
+#include <asio/awaitable.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <span>
+#include <utility>
+#include <vector>
+
+namespace coproc {
+
+namespace detail {
+
+/// One end of a pipe: a socket and which ways it may be used.
+class conn_core final : public registered {
+  public:
+    conn_core(int fd, bool readable, bool writable) noexcept;
+    ~conn_core();
+    void send(std::span<const std::byte> payload);
+    std::vector<std::byte> recv();
+    bool poll(clock::time_point deadline);
+    void close() noexcept;
+    static asio::awaitable<void> async_send(std::shared_ptr<conn_core> self,
+                                            std::vector<char> payload);
+    static asio::awaitable<std::vector<std::byte>> async_recv(std::shared_ptr<conn_core> self);
+
+  private:
+    int fd_for(bool write) const;
+    std::atomic<int> fd_;
+    const bool readable_, writable_;
+};
+
+std::pair<std::shared_ptr<conn_core>, std::shared_ptr<conn_core>> make_pipe(bool duplex);
+
+inline std::span<const char> as_chars(const std::vector<std::byte>& v) noexcept {
+    return {reinterpret_cast<const char*>(v.data()), v.size()};
+}
+
+template <class T> T decode(const std::vector<std::byte>& bytes) {
+    T v{};
+    deserialize_from(as_chars(bytes), v);
+    return v;
+}
+
+} // namespace detail
+
+template <class T> class connection;
+
+/// A pair of connected ends: duplex (both send and receive), or one-way (first receives,
+/// second sends). Throws std::system_error if the socket cannot be made.
+template <class T> std::pair<connection<T>, connection<T>> pipe(bool duplex = true) {
+    auto [a, b] = detail::make_pipe(duplex);
+    return {connection<T>(std::move(a)), connection<T>(std::move(b))};
+}
+
+/// One end of a pipe carrying values of type `T`.
+template <class T> class connection {
+  public:
+    /// Not connected; every operation throws coproc::error (assign a pipe end to it).
+    connection() noexcept = default;
+
+    /// Sends `v` (blocks while the socket is full). Throws eof_error if the other end is gone.
+    void send(const T& v) {
+        std::vector<char> buf;
+        serialize_into(buf, v);
+        core().send(std::as_bytes(std::span(buf)));
+    }
+    /// Receives the next value. Throws eof_error once the other end is closed and drained.
+    T recv() { return detail::decode<T>(core().recv()); }
+    /// Whether data (or end of stream) is ready to read: now, or within `timeout`.
+    bool poll() { return core().poll(detail::clock::now()); }
+    template <class Rep, class Period> bool poll(std::chrono::duration<Rep, Period> timeout) {
+        return core().poll(detail::deadline_after(timeout));
+    }
+    /// Sends raw bytes as one message (read with recv_bytes()).
+    void send_bytes(std::span<const std::byte> bytes) { core().send(bytes); }
+    /// Receives one message as raw bytes.
+    std::vector<std::byte> recv_bytes() { return core().recv(); }
+
+    /// send() without blocking the event-loop thread. Resumes on the awaiting coroutine's
+    /// executor.
+    [[nodiscard]] asio::awaitable<void> async_send(T v) {
+        std::vector<char> buf;
+        serialize_into(buf, v);
+        return detail::conn_core::async_send(core_ptr(), std::move(buf));
+    }
+    /// recv() without blocking the event-loop thread. Resumes on the awaiting coroutine's
+    /// executor.
+    [[nodiscard]] asio::awaitable<T> async_recv() { return async_recv_impl(core_ptr()); }
+
+    /// Closes this process's descriptor of this end (every copy of the handle here).
+    void close() noexcept {
+        if (core_)
+            core_->close();
+    }
+
+    /// cereal: a connection travels to a pool worker as its registry token (see the top).
+    template <class Archive> void save(Archive& ar) const { ar(core_ptr()->token()); }
+    template <class Archive> void load(Archive& ar) {
+        std::uint64_t token = 0;
+        ar(token);
+        core_ = detail::load_registered<detail::conn_core>(token, detail::handle_kind::connection);
+    }
+
+  private:
+    template <class U> friend std::pair<connection<U>, connection<U>> pipe(bool);
+    explicit connection(std::shared_ptr<detail::conn_core> c) noexcept : core_(std::move(c)) {}
+
+    const std::shared_ptr<detail::conn_core>& core_ptr() const {
+        if (!core_)
+            throw coproc::error("connection: not connected (default-constructed)");
+        return core_;
+    }
+    detail::conn_core& core() const { return *core_ptr(); }
+    static asio::awaitable<T> async_recv_impl(std::shared_ptr<detail::conn_core> c) {
+        co_return detail::decode<T>(co_await detail::conn_core::async_recv(std::move(c)));
+    }
+
+    std::shared_ptr<detail::conn_core> core_;
+};
+
+} // namespace coproc

@@ -1,0 +1,265 @@
+// Descriptors, waits, futexes, the helper thread and the handle registry (see io.hpp).
+#include "io.hpp"
+
+#include <coproc/detail/handle.hpp>
+#include <coproc/detail/handler_slot.hpp>
+#include <coproc/error.hpp>
+
+#include <asio/async_result.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <cerrno>
+#include <climits>
+#include <deque>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <mutex>
+#include <poll.h>
+#include <pthread.h>
+#include <random>
+#include <string>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <thread>
+#include <unistd.h>
+#include <unordered_map>
+
+namespace coproc::detail {
+
+namespace {
+
+// Bumped in every child at fork: state made by another thread of the parent (which the child
+// does not have) is recognised as stale and replaced instead of used.
+std::atomic<std::uint64_t> fork_generation{0};
+
+struct registry_entry {
+    std::weak_ptr<void> core;
+    handle_kind kind;
+};
+
+// The registry's mutex is held across fork() (pthread_atfork), so a child never inherits it
+// locked by a thread it does not have.
+struct registry {
+    std::mutex mu;
+    std::unordered_map<std::uint64_t, registry_entry> entries;
+    std::uint64_t next = 0;
+
+    registry() {
+        std::random_device rd;
+        next = (std::uint64_t{rd()} << 32 | rd()) | 1;
+        pthread_atfork([] { instance().mu.lock(); }, [] { instance().mu.unlock(); },
+                       [] {
+                           instance().mu.unlock();
+                           fork_generation.fetch_add(1, std::memory_order_relaxed);
+                       });
+    }
+    static registry& instance() {
+        static registry r;
+        return r;
+    }
+};
+
+const char* kind_name(handle_kind k) {
+    switch (k) {
+    case handle_kind::queue:
+        return "queue";
+    case handle_kind::connection:
+        return "connection";
+    case handle_kind::lock:
+        return "lock";
+    }
+    return "handle";
+}
+
+} // namespace
+
+std::uint64_t register_handle(std::weak_ptr<void> core, handle_kind kind) {
+    auto& r = registry::instance();
+    std::lock_guard lk(r.mu);
+    // An odd 64-bit Weyl sequence from a random start: unique, and unguessable enough that a
+    // token from another program is not mistaken for one of ours.
+    r.next += 0x9e3779b97f4a7c16ull;
+    const std::uint64_t token = r.next;
+    r.entries.emplace(token, registry_entry{std::move(core), kind});
+    return token;
+}
+
+void unregister_handle(std::uint64_t token) noexcept {
+    auto& r = registry::instance();
+    std::lock_guard lk(r.mu);
+    r.entries.erase(token);
+}
+
+std::shared_ptr<void> find_handle(std::uint64_t token, handle_kind kind) {
+    auto& r = registry::instance();
+    std::lock_guard lk(r.mu);
+    const auto it = r.entries.find(token);
+    if (it != r.entries.end() && it->second.kind == kind)
+        if (auto core = it->second.core.lock())
+            return core;
+    const std::string k = kind_name(kind);
+    throw coproc::error("coproc::" + k + " unknown in this process: the " + k +
+                        " was created after the pool's workers (or this process) started; "
+                        "create it before the pool");
+}
+
+std::system_error os_error(const char* what) {
+    return std::system_error(errno, std::system_category(), what);
+}
+
+void unique_fd::reset(int fd) noexcept {
+    if (fd_ >= 0)
+        ::close(fd_);
+    fd_ = fd;
+}
+
+int poll_timeout(std::optional<clock::time_point> deadline) {
+    if (!deadline)
+        return -1;
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - clock::now());
+    if (left.count() <= 0)
+        return 0;
+    return static_cast<int>(std::min<std::int64_t>(left.count(), INT_MAX));
+}
+
+bool wait_fd(int fd, short events, std::optional<clock::time_point> deadline) {
+    for (;;) {
+        pollfd p{fd, events, 0};
+        const int n = ::poll(&p, 1, poll_timeout(deadline));
+        if (n > 0)
+            return true;
+        if (n < 0 && errno != EINTR)
+            throw os_error("poll failed");
+        if (n == 0 && deadline && clock::now() >= *deadline)
+            return false;
+    }
+}
+
+asio::awaitable<void> async_wait_fd(int fd, bool write) {
+    // A duplicate, so that any number of waits on one descriptor (from one or several event
+    // loops) each have their own epoll registration.
+    const int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0)
+        throw os_error("dup of a channel descriptor failed");
+    const auto ex = co_await asio::this_coro::executor;
+    asio::posix::stream_descriptor sd(ex, d);
+    co_await sd.async_wait(write ? asio::posix::descriptor_base::wait_write
+                                 : asio::posix::descriptor_base::wait_read,
+                           asio::use_awaitable);
+}
+
+bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                std::optional<clock::time_point> deadline) {
+    timespec ts{};
+    if (deadline) {
+        const auto left = *deadline - clock::now();
+        if (left <= clock::duration::zero())
+            return false;
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+        ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+        ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    }
+    const long r = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT,
+                             expected, deadline ? &ts : nullptr, nullptr, 0);
+    if (r == 0 || errno == EAGAIN || errno == EINTR)
+        return true;
+    if (errno == ETIMEDOUT)
+        return false;
+    throw os_error("futex wait failed");
+}
+
+void futex_wake(std::atomic<std::uint32_t>& word, int count) noexcept {
+    ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE, count, nullptr,
+              nullptr, 0);
+}
+
+void* map_shared(std::size_t size, const char* what) {
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        throw os_error(what);
+    return p;
+}
+
+struct blocking_runner::state : std::enable_shared_from_this<state> {
+    struct pending {
+        std::function<void()> job;
+        handler_slot slot;
+        std::exception_ptr error;
+    };
+
+    const std::uint64_t generation = fork_generation.load(std::memory_order_relaxed);
+    std::mutex mu;
+    std::deque<std::shared_ptr<pending>> jobs;
+    bool running = false;
+
+    void push(const std::shared_ptr<pending>& p) {
+        std::lock_guard lk(mu);
+        jobs.push_back(p);
+        if (running)
+            return;
+        try {
+            std::thread([self = shared_from_this()] { self->loop(); }).detach();
+            running = true;
+        } catch (...) {
+            jobs.pop_back();
+            p->error = std::current_exception();
+            p->slot.post();
+        }
+    }
+
+    void loop() {
+        for (;;) {
+            std::shared_ptr<pending> p;
+            {
+                std::lock_guard lk(mu);
+                if (jobs.empty()) {
+                    running = false;
+                    return;
+                }
+                p = std::move(jobs.front());
+                jobs.pop_front();
+            }
+            try {
+                p->job();
+            } catch (...) {
+                p->error = std::current_exception();
+            }
+            p->slot.post();
+        }
+    }
+};
+
+blocking_runner::blocking_runner() : state_(std::make_shared<state>()) {}
+blocking_runner::~blocking_runner() = default;
+
+std::shared_ptr<blocking_runner::state> blocking_runner::current() {
+    auto s = std::atomic_load(&state_);
+    if (s->generation == fork_generation.load(std::memory_order_relaxed))
+        return s;
+    // Forked since: the old state's thread is not in this process and its mutex may be held.
+    // Leak it (never touch it) and start afresh.
+    auto fresh = std::make_shared<state>();
+    if (std::atomic_compare_exchange_strong(&state_, &s, fresh)) {
+        static_cast<void>(new std::shared_ptr<state>(std::move(s)));
+        return fresh;
+    }
+    return s;
+}
+
+asio::awaitable<void> blocking_runner::run(std::function<void()> job) {
+    auto p = std::make_shared<state::pending>();
+    p->job = std::move(job);
+    auto s = current();
+    co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+        [&](auto handler) {
+            p->slot.set(std::move(handler));
+            s->push(p);
+        },
+        asio::use_awaitable);
+    if (p->error)
+        std::rethrow_exception(p->error);
+}
+
+} // namespace coproc::detail

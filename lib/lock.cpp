@@ -1,0 +1,152 @@
+// lock: a futex word in shared memory holding the holder's pid.
+//
+// Why not a PTHREAD_MUTEX_ROBUST mutex: it belongs to a thread. Python's Lock may be released by
+// any thread, async_acquire takes the lock on a helper thread for a coroutine that releases it
+// on another, and the kernel would declare the owner dead when that helper thread exits.
+//
+// The word is 0 (free), pid (held) or pid | waiters_bit (held, someone may sleep on it): the
+// classic three-state futex mutex, with the holder's pid for robustness. A sleeping waiter wakes
+// every liveness_period to check the holder: if it has exited (its pidfd is readable, zombies
+// included) or is gone, one waiter replaces the dead pid with its own and reports owner_died.
+// Limitation: if a dead holder's pid is reused by a new process while the lock is held, the lock
+// looks alive (pid_max makes that rare).
+#include "io.hpp"
+#include <coproc/lock.hpp>
+
+#include <cerrno>
+#include <poll.h>
+#include <string>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace coproc {
+
+namespace detail {
+
+namespace {
+
+constexpr std::uint32_t waiters_bit = 1u << 31;
+constexpr std::uint32_t pid_mask = ~waiters_bit;
+constexpr auto liveness_period = std::chrono::milliseconds(50);
+constexpr int spin_limit = 64;
+
+std::uint32_t self_id() noexcept { return static_cast<std::uint32_t>(::getpid()); }
+
+void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/// Whether process `pid` has exited (or never existed).
+bool exited(std::uint32_t pid) noexcept {
+    const int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
+    if (fd < 0)
+        return errno == ESRCH;
+    pollfd p{fd, POLLIN, 0};
+    const bool gone = ::poll(&p, 1, 0) > 0;
+    ::close(fd);
+    return gone;
+}
+
+[[noreturn]] void throw_owner_died(std::uint32_t pid) {
+    throw owner_died("lock: its holder (pid " + std::to_string(pid) +
+                     ") died while holding it; the caller now holds the lock");
+}
+
+} // namespace
+
+lock_core::lock_core()
+    : word_(static_cast<std::atomic<std::uint32_t>*>(
+          map_shared(sizeof(std::atomic<std::uint32_t>), "mmap of a lock failed"))),
+      runner_(std::make_unique<blocking_runner>()) {}
+
+lock_core::~lock_core() { ::munmap(word_, sizeof *word_); }
+
+bool lock_core::try_take(std::uint32_t me) noexcept {
+    std::uint32_t free = 0;
+    return word_->compare_exchange_strong(free, me, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+}
+
+// If the holder in `seen` is dead, takes the lock over (keeping the waiters bit) and throws
+// owner_died; returns if it is alive or another waiter took the lock first.
+void lock_core::take_over_if_dead(std::uint32_t seen, std::uint32_t me) {
+    const std::uint32_t holder = seen & pid_mask;
+    if (holder == 0 || holder == me || !exited(holder))
+        return;
+    if (word_->compare_exchange_strong(seen, me | (seen & waiters_bit), std::memory_order_acquire,
+                                       std::memory_order_relaxed))
+        throw_owner_died(holder);
+}
+
+bool lock_core::try_acquire() {
+    const std::uint32_t me = self_id();
+    if (try_take(me))
+        return true;
+    const std::uint32_t seen = word_->load(std::memory_order_relaxed);
+    if (seen == 0)
+        return try_take(me);
+    take_over_if_dead(seen, me);
+    return false;
+}
+
+bool lock_core::acquire_until(std::optional<clock::time_point> deadline) {
+    const std::uint32_t me = self_id();
+    if (try_take(me))
+        return true;
+    for (int i = 0; i < spin_limit; ++i) {
+        cpu_relax();
+        if (word_->load(std::memory_order_relaxed) == 0 && try_take(me))
+            return true;
+    }
+    for (;;) {
+        std::uint32_t v = word_->load(std::memory_order_relaxed);
+        if (v == 0) {
+            // We may have been woken while others still sleep: keep the bit so release wakes
+            // the next one.
+            if (word_->compare_exchange_weak(v, me | waiters_bit, std::memory_order_acquire,
+                                             std::memory_order_relaxed))
+                return true;
+            continue;
+        }
+        if (!(v & waiters_bit) &&
+            !word_->compare_exchange_weak(v, v | waiters_bit, std::memory_order_relaxed))
+            continue;
+        v |= waiters_bit;
+        auto until = clock::now() + liveness_period;
+        if (deadline && *deadline < until)
+            until = *deadline;
+        if (futex_wait(*word_, v, until))
+            continue;
+        if (word_->load(std::memory_order_relaxed) == v)
+            take_over_if_dead(v, me);
+        if (deadline && clock::now() >= *deadline) {
+            std::uint32_t free = 0;
+            return word_->compare_exchange_strong(free, me | waiters_bit,
+                                                  std::memory_order_acquire);
+        }
+    }
+}
+
+void lock_core::release() {
+    if (word_->load(std::memory_order_relaxed) == 0)
+        throw coproc::error("lock: release() of a lock that is not held");
+    if (word_->exchange(0, std::memory_order_release) & waiters_bit)
+        futex_wake(*word_, 1);
+}
+
+asio::awaitable<void> lock_core::async_acquire(std::shared_ptr<lock_core> self) {
+    if (self->try_take(self_id()))
+        co_return;
+    // Made outside the co_await: g++ 12 destroys a capturing lambda in a co_await twice.
+    auto acquired = self->runner_->run([self] { self->acquire_until(std::nullopt); });
+    co_await std::move(acquired);
+}
+
+} // namespace detail
+
+lock::lock() : core_(detail::make_registered<detail::lock_core>(detail::handle_kind::lock)) {}
+
+} // namespace coproc

@@ -1,0 +1,216 @@
+// process: fork, a pidfd to wait on (poll() when blocking, Asio when awaiting), waitpid to reap.
+#include "io.hpp"
+#include "transport.hpp"
+#include <coproc/process.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <mutex>
+#include <poll.h>
+#include <stdio_ext.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace coproc {
+
+namespace detail {
+
+struct process_state {
+    std::unique_ptr<process_body> body;
+    pid_t pid = 0;
+    unique_fd pidfd; // open from start() to destruction: waits and signals never hit a reused pid
+    mutable std::mutex mu;
+    bool reaped = false;
+    int exitcode = 0;
+
+    bool started() const noexcept { return pid > 0; }
+
+    // Reaps the child if it ended (waiting for it with `block`); true once reaped.
+    bool reap(bool block) {
+        std::lock_guard lk(mu);
+        if (reaped)
+            return true;
+        int st = 0;
+        pid_t r;
+        while ((r = ::waitpid(pid, &st, block ? 0 : WNOHANG)) < 0 && errno == EINTR) {
+        }
+        if (r == 0)
+            return false;
+        if (r < 0) {
+            if (errno == ECHILD)
+                throw coproc::error("process: the exit status of pid " + std::to_string(pid) +
+                                    " was lost (SIGCHLD is ignored, or someone else reaped it)");
+            throw os_error("waitpid failed");
+        }
+        reaped = true;
+        exitcode = WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
+        return true;
+    }
+};
+
+namespace {
+
+std::atomic<unsigned> process_counter{0};
+
+// Handlers installed by the parent (a test framework's, Asio's signal_set) must not run in the
+// child: back to the defaults, then the parent's signal mask.
+void reset_signals(const sigset_t& mask) noexcept {
+    for (int s = 1; s < NSIG; ++s) {
+        struct sigaction sa;
+        if (::sigaction(s, nullptr, &sa) != 0)
+            continue;
+        if (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL) {
+            sa.sa_handler = SIG_DFL;
+            sa.sa_flags = 0;
+            ::sigaction(s, &sa, nullptr);
+        }
+    }
+    ::sigprocmask(SIG_SETMASK, &mask, nullptr);
+}
+
+// Runs in the child, with every signal blocked until the handlers are reset.
+[[noreturn]] void child_main(process_body& body, const std::string& name, bool daemon, pid_t parent,
+                             const sigset_t& mask) noexcept {
+    // Output the parent had buffered but not written belongs to the parent.
+    __fpurge(stdout);
+    __fpurge(stderr);
+    // PR_SET_PDEATHSIG fires when the forking *thread* exits: start daemons from a thread that
+    // lives as long as the parent wants them.
+    if (daemon && (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent))
+        _exit(1);
+    reset_signals(mask);
+    int code = 0;
+    try {
+        body.run();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "Process %s: %s: %s\n", name.c_str(),
+                     current_exception_type_name().c_str(), e.what());
+        code = 1;
+    } catch (...) {
+        std::fprintf(stderr, "Process %s: %s\n", name.c_str(),
+                     current_exception_type_name().c_str());
+        code = 1;
+    }
+    std::fflush(stdout);
+    std::fflush(stderr);
+    _exit(code);
+}
+
+} // namespace
+
+} // namespace detail
+
+process::process(std::unique_ptr<detail::process_body> body)
+    : name("process-" + std::to_string(++detail::process_counter)),
+      state_(std::make_unique<detail::process_state>()) {
+    state_->body = std::move(body);
+}
+
+process::process(process&&) noexcept = default;
+
+process& process::operator=(process&& o) noexcept {
+    if (this != &o) {
+        process old(std::move(*this));
+        name = std::move(o.name);
+        daemon = o.daemon;
+        state_ = std::move(o.state_);
+    }
+    return *this;
+}
+
+process::~process() {
+    if (!state_ || !state_->started())
+        return;
+    try {
+        if (daemon && !state_->reap(false)) {
+            signal(SIGTERM);
+            if (!join_for(std::chrono::seconds(1)))
+                signal(SIGKILL);
+        }
+        join();
+    } catch (...) { // nothing sensible to do in a destructor; the child is as reaped as it gets
+    }
+}
+
+void process::start() {
+    if (!state_)
+        throw coproc::error("process: start() of a moved-from process");
+    if (state_->started())
+        throw coproc::error("process: start() called twice (" + name + ")");
+    const pid_t parent = ::getpid();
+    sigset_t all, mask;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_BLOCK, &all, &mask);
+    const pid_t pid = ::fork();
+    if (pid == 0)
+        detail::child_main(*state_->body, name, daemon, parent, mask);
+    const int fork_errno = errno;
+    ::pthread_sigmask(SIG_SETMASK, &mask, nullptr);
+    if (pid < 0) {
+        errno = fork_errno;
+        throw detail::os_error("fork failed");
+    }
+    const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (pfd < 0) {
+        const auto e = detail::os_error("pidfd_open failed (Linux >= 5.3 needed)");
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        throw e;
+    }
+    state_->pid = pid;
+    state_->pidfd.reset(pfd);
+}
+
+detail::process_state& process::started_state(const char* what) const {
+    if (!state_ || !state_->started())
+        throw coproc::error(std::string("process: ") + what + " of a process not started");
+    return *state_;
+}
+
+void process::join() {
+    auto& s = started_state("join()");
+    detail::wait_fd(s.pidfd.get(), POLLIN, std::nullopt);
+    s.reap(true);
+}
+
+bool process::join_until(detail::clock::time_point deadline) {
+    auto& s = started_state("join_for()");
+    return s.reap(false) || (detail::wait_fd(s.pidfd.get(), POLLIN, deadline) && s.reap(true));
+}
+
+asio::awaitable<void> process::async_join() {
+    return [](detail::process_state* s) -> asio::awaitable<void> {
+        if (!s->reap(false))
+            co_await detail::async_wait_fd(s->pidfd.get(), false);
+        s->reap(true);
+    }(&started_state("async_join()"));
+}
+
+bool process::is_alive() const { return state_ && state_->started() && !state_->reap(false); }
+
+std::optional<int> process::exitcode() const {
+    if (!state_ || !state_->started() || !state_->reap(false))
+        return std::nullopt;
+    return state_->exitcode;
+}
+
+pid_t process::pid() const noexcept { return state_ ? state_->pid : 0; }
+
+void process::terminate() { signal(SIGTERM); }
+
+void process::kill() { signal(SIGKILL); }
+
+void process::signal(int sig) {
+    auto& s = started_state(sig == SIGKILL ? "kill()" : "terminate()");
+    std::lock_guard lk(s.mu);
+    if (s.reaped)
+        return;
+    if (::syscall(SYS_pidfd_send_signal, s.pidfd.get(), sig, nullptr, 0) != 0 && errno != ESRCH)
+        throw detail::os_error("pidfd_send_signal failed");
+}
+
+} // namespace coproc

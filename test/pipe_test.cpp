@@ -1,0 +1,181 @@
+// Test that header file is self-contained.
+#include "test_util.hpp"
+#include <coproc/pipe.hpp>
+#include <coproc/pool.hpp>
+#include <coproc/process.hpp>
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <unistd.h>
+#include <vector>
+
+using namespace std::chrono_literals;
+using coproc::test::watchdog;
+
+namespace {
+
+using item = std::tuple<int, std::optional<int>, std::string>;
+
+// The seed: def f(conn): conn.send([42, None, 'hello']); conn.close()
+void f(coproc::connection<item> conn) {
+    conn.send({42, std::nullopt, "hello"});
+    conn.close();
+}
+
+void close_now(coproc::connection<int> conn) { conn.close(); }
+void sleep_holding(coproc::connection<int>) { std::this_thread::sleep_for(30s); }
+
+std::string big_string() {
+    std::string s(64 << 20, '\0');
+    for (std::size_t i = 0; i < s.size(); ++i)
+        s[i] = static_cast<char>(i * 31 + (i >> 12));
+    return s;
+}
+void send_big(coproc::connection<std::string> conn) { conn.send(big_string()); }
+
+void echo_twice(coproc::connection<int> conn) {
+    for (int i = 0; i < 2; ++i)
+        conn.send(conn.recv() * 2);
+}
+
+int send_from_worker(coproc::connection<int> conn, int v) {
+    conn.send(v);
+    return v;
+}
+
+} // namespace
+
+TEST_SUITE_BEGIN("pipe");
+
+TEST_CASE("the seed: the child sends [42, None, 'hello'] and the parent receives it") {
+    watchdog dog(30s);
+    auto [parent_conn, child_conn] = coproc::pipe<item>();
+    coproc::process p(f, child_conn);
+    p.start();
+    CHECK(parent_conn.recv() == item{42, std::nullopt, "hello"});
+    p.join();
+    CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("recv throws eof_error when the peer closes its end") {
+    watchdog dog(30s);
+    auto [parent_conn, child_conn] = coproc::pipe<int>();
+    coproc::process p(close_now, child_conn);
+    p.start();
+    child_conn.close(); // the parent's copy of the child's end
+    CHECK_THROWS_AS(parent_conn.recv(), coproc::eof_error);
+    CHECK(parent_conn.poll()); // end of stream counts as readable
+    p.join();
+}
+
+TEST_CASE("recv throws eof_error when the peer dies; send then throws eof_error too") {
+    watchdog dog(30s);
+    auto [parent_conn, child_conn] = coproc::pipe<int>();
+    coproc::process p(sleep_holding, child_conn);
+    p.start();
+    child_conn.close();
+    CHECK_FALSE(parent_conn.poll(20ms));
+    p.kill();
+    CHECK_THROWS_AS(parent_conn.recv(), coproc::eof_error);
+    CHECK_THROWS_AS(parent_conn.send(1), coproc::eof_error);
+    p.join();
+}
+
+TEST_CASE("a 64 MiB message arrives whole") {
+    watchdog dog(60s);
+    auto [r, w] = coproc::pipe<std::string>(false);
+    coproc::process p(send_big, w);
+    p.start();
+    w.close();
+    const std::string got = r.recv();
+    CHECK(got.size() == std::size_t{64} << 20);
+    CHECK(got == big_string());
+    p.join();
+}
+
+TEST_CASE("duplex round trips, poll, raw bytes") {
+    watchdog dog(30s);
+    auto [a, b] = coproc::pipe<int>();
+    coproc::process p(echo_twice, b);
+    p.start();
+    CHECK_FALSE(a.poll());
+    a.send(21);
+    CHECK(a.poll(5s));
+    CHECK(a.recv() == 42);
+    a.send(-1);
+    CHECK(a.recv() == -2);
+    p.join();
+
+    const std::vector<std::byte> bytes{std::byte{1}, std::byte{0}, std::byte{255}};
+    a.send_bytes(bytes);
+    CHECK(b.recv_bytes() == bytes);
+    b.send_bytes({});
+    CHECK(a.recv_bytes().empty());
+}
+
+TEST_CASE("misuse: one-way ends, closed ends and unconnected handles throw coproc::error") {
+    auto [r, w] = coproc::pipe<int>(false);
+    CHECK_THROWS_AS(r.send(1), coproc::error);
+    CHECK_THROWS_AS(w.recv(), coproc::error);
+    w.send(5);
+    CHECK(r.recv() == 5);
+    auto copy = r; // a handle: the copy is the same end
+    r.close();
+    CHECK_THROWS_AS(copy.recv(), coproc::error);
+    coproc::connection<int> none;
+    CHECK_THROWS_AS(none.send(1), coproc::error);
+    none.close();
+}
+
+TEST_CASE("a malformed message is an error, not a crash") {
+    auto [a, b] = coproc::pipe<std::string>();
+    const std::vector<std::byte> junk{std::byte{0xff}, std::byte{0xff}, std::byte{0xff}};
+    a.send_bytes(junk);
+    CHECK_THROWS_AS(b.recv(), coproc::error);
+}
+
+COPROC_TEST_CASE("async_send and async_recv on an io_context") {
+    auto [a, b] = coproc::pipe<item>();
+    coproc::process p(f, b);
+    p.start();
+    b.close();
+    CHECK(co_await a.async_recv() == item{42, std::nullopt, "hello"});
+    bool eof = false;
+    try {
+        co_await a.async_recv();
+    } catch (const coproc::eof_error&) {
+        eof = true;
+    }
+    CHECK(eof);
+    co_await p.async_join();
+
+    auto [x, y] = coproc::pipe<std::string>();
+    const std::string big(3 << 20, 'x'); // larger than the socket buffer: sent in steps
+    asio::co_spawn(
+        io,
+        [](coproc::connection<std::string> c, std::string s) { return c.async_send(s); }(x, big),
+        asio::detached);
+    CHECK(co_await y.async_recv() == big);
+}
+
+TEST_CASE("a connection made before the pool reaches its tasks") {
+    watchdog dog(60s);
+    auto [r, w] = coproc::pipe<int>(false);
+    coproc::pool pool(1);
+    CHECK(pool.apply_async(send_from_worker, {w, 7}).get() == 7);
+    CHECK(r.recv() == 7);
+    auto [r2, w2] = coproc::pipe<int>(false);
+    CHECK_THROWS_WITH_AS(pool.apply_async(send_from_worker, {w2, 8}).get(),
+                         doctest::Contains("create it before the pool"), coproc::error);
+}
+
+TEST_SUITE_END();

@@ -1,0 +1,278 @@
+// Test that header file is self-contained.
+#include "test_util.hpp"
+#include <coproc/pool.hpp>
+#include <coproc/process.hpp>
+#include <coproc/queue.hpp>
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <sys/mman.h>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+using namespace std::chrono_literals;
+using coproc::test::watchdog;
+
+namespace {
+
+using item = std::tuple<int, std::optional<int>, std::string>;
+
+// The seed: def f(q): q.put([42, None, 'hello'])
+void f(coproc::queue<item> q) { q.put({42, std::nullopt, "hello"}); }
+
+constexpr int producers = 4, consumers = 4, per_producer = 50'000;
+
+void produce(coproc::queue<int> q, int first, int n) {
+    for (int i = 0; i < n; ++i)
+        q.put(first + i);
+}
+
+void consume(coproc::queue<int> q, std::uint8_t* seen) {
+    for (int v; (v = q.get()) >= 0;)
+        __atomic_fetch_add(&seen[v], 1, __ATOMIC_RELAXED);
+}
+
+// Messages of many sizes, some far beyond the inline limit; each carries its own check.
+std::string payload(int i) {
+    const std::size_t size = static_cast<std::size_t>(i % 7 == 0 ? 300'000 + i : 10 * i);
+    std::string s(size, '\0');
+    for (std::size_t k = 0; k < size; ++k)
+        s[k] = static_cast<char>(i + k * 13);
+    return s;
+}
+
+void produce_sized(coproc::queue<std::pair<int, std::string>> q, int first, int n) {
+    for (int i = first; i < first + n; ++i)
+        q.put({i, payload(i)});
+}
+
+void consume_sized(coproc::queue<std::pair<int, std::string>> q, std::uint8_t* seen) {
+    for (;;) {
+        auto [i, s] = q.get();
+        if (i < 0)
+            return;
+        if (s == payload(i))
+            __atomic_fetch_add(&seen[i], 1, __ATOMIC_RELAXED);
+        else
+            __atomic_fetch_add(&seen[i], 100, __ATOMIC_RELAXED);
+    }
+}
+
+void put_ten(coproc::queue<int> q) {
+    for (int i = 0; i < 10; ++i)
+        q.put(i);
+}
+
+void work_and_mark(coproc::joinable_queue<int> q, int* sum) {
+    for (int v; (v = q.get()) >= 0; q.task_done()) {
+        std::this_thread::sleep_for(1ms);
+        __atomic_fetch_add(sum, v, __ATOMIC_RELAXED);
+    }
+    q.task_done();
+}
+
+int put_from_worker(coproc::queue<int> q, int v) {
+    q.put(v);
+    return v;
+}
+
+template <class T> T* shared_array(std::size_t n) {
+    void* p =
+        mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    return static_cast<T*>(p);
+}
+
+} // namespace
+
+TEST_SUITE_BEGIN("queue");
+
+TEST_CASE("the seed: the child puts [42, None, 'hello'] and the parent gets it") {
+    watchdog dog(30s);
+    coproc::queue<item> q;
+    coproc::process p(f, q);
+    p.start();
+    CHECK(q.get() == item{42, std::nullopt, "hello"});
+    p.join();
+    CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("4 producers, 4 consumers, 200k messages: each delivered exactly once") {
+    watchdog dog(120s);
+    constexpr int total = producers * per_producer;
+    auto* seen = shared_array<std::uint8_t>(total);
+    coproc::queue<int> q;
+    std::vector<coproc::process> procs;
+    for (int c = 0; c < consumers; ++c)
+        procs.emplace_back(consume, q, seen);
+    for (int p = 0; p < producers; ++p)
+        procs.emplace_back(produce, q, p * per_producer, per_producer);
+    for (auto& p : procs)
+        p.start();
+    for (int p = consumers; p < consumers + producers; ++p)
+        procs[static_cast<std::size_t>(p)].join();
+    for (int c = 0; c < consumers; ++c)
+        q.put(-1);
+    for (auto& p : procs) {
+        p.join();
+        CHECK(p.exitcode() == 0);
+    }
+    int wrong = 0;
+    for (int i = 0; i < total; ++i)
+        wrong += seen[i] != 1;
+    CHECK(wrong == 0);
+    CHECK(q.empty());
+    munmap(seen, total);
+}
+
+TEST_CASE("large and small items from 2 producers to 2 consumers arrive whole, once") {
+    watchdog dog(120s);
+    constexpr int n = 200;
+    auto* seen = shared_array<std::uint8_t>(n);
+    coproc::queue<std::pair<int, std::string>> q;
+    std::vector<coproc::process> procs;
+    procs.emplace_back(consume_sized, q, seen);
+    procs.emplace_back(consume_sized, q, seen);
+    procs.emplace_back(produce_sized, q, 0, n / 2);
+    procs.emplace_back(produce_sized, q, n / 2, n / 2);
+    for (auto& p : procs)
+        p.start();
+    procs[2].join();
+    procs[3].join();
+    q.put({-1, ""});
+    q.put({-1, ""});
+    for (auto& p : procs)
+        p.join();
+    int wrong = 0;
+    for (int i = 0; i < n; ++i)
+        wrong += seen[i] != 1;
+    CHECK(wrong == 0);
+    munmap(seen, n);
+}
+
+TEST_CASE("a bounded queue makes producers wait (back-pressure)") {
+    watchdog dog(30s);
+    coproc::queue<int> q(2);
+    coproc::process p(put_ten, q);
+    p.start();
+    std::this_thread::sleep_for(200ms);
+    CHECK(q.qsize() == 2);
+    CHECK(p.is_alive()); // blocked in put()
+    for (int i = 0; i < 10; ++i)
+        CHECK(q.get() == i);
+    p.join();
+    CHECK(q.empty());
+}
+
+TEST_CASE("put_for and get_for time out") {
+    watchdog dog(30s);
+    coproc::queue<int> q(2);
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK_FALSE(q.get_for(50ms));
+    CHECK(std::chrono::steady_clock::now() - t0 >= 50ms);
+    CHECK(q.put_for(1, 0s));
+    CHECK(q.put_for(2, 10ms));
+    t0 = std::chrono::steady_clock::now();
+    CHECK_FALSE(q.put_for(3, 50ms));
+    CHECK(std::chrono::steady_clock::now() - t0 >= 50ms);
+    CHECK(q.qsize() == 2);
+    CHECK(q.get_for(1s) == 1);
+    CHECK(q.put_for(3, 1s));
+    CHECK(q.get() == 2);
+    CHECK(q.get() == 3);
+    CHECK_FALSE(q.get_for(0s));
+    CHECK(q.empty());
+}
+
+COPROC_TEST_CASE("async_get and async_put on an io_context, the loop still running") {
+    coproc::queue<item> q;
+    coproc::process p(f, q);
+    p.start();
+    CHECK(co_await q.async_get() == item{42, std::nullopt, "hello"});
+    co_await p.async_join();
+
+    coproc::queue<int> bounded(1);
+    co_await bounded.async_put(1);
+    int ticks = 0;
+    asio::co_spawn(
+        io,
+        [](coproc::queue<int> q, int* ticks) -> asio::awaitable<void> {
+            asio::steady_timer t(co_await asio::this_coro::executor);
+            for (int i = 0; i < 5; ++i) {
+                t.expires_after(5ms);
+                co_await t.async_wait(asio::use_awaitable);
+                ++*ticks;
+            }
+            CHECK(co_await q.async_get() == 1);
+        }(bounded, &ticks),
+        asio::detached);
+    co_await bounded.async_put(2); // full until the coroutine above gets
+    CHECK(ticks == 5);
+    CHECK(co_await bounded.async_get() == 2);
+}
+
+TEST_CASE("joinable_queue: join waits for task_done of every item") {
+    watchdog dog(30s);
+    int* sum = shared_array<int>(1);
+    coproc::joinable_queue<int> q;
+    coproc::process w1(work_and_mark, q, sum), w2(work_and_mark, q, sum);
+    w1.start();
+    w2.start();
+    for (int i = 1; i <= 100; ++i)
+        q.put(i);
+    q.join();
+    CHECK(*sum == 5050);
+    q.put(-1);
+    q.put(-1);
+    w1.join();
+    w2.join();
+    q.join();
+    CHECK_THROWS_AS(q.task_done(), coproc::error);
+    munmap(sum, sizeof(int));
+}
+
+COPROC_TEST_CASE("joinable_queue: async_join resumes when the last item is done") {
+    int* sum = shared_array<int>(1);
+    coproc::joinable_queue<int> q;
+    co_await q.async_join(); // nothing put: done at once
+    coproc::process w(work_and_mark, q, sum);
+    w.start();
+    for (int i = 1; i <= 20; ++i)
+        co_await q.async_put(i);
+    co_await q.async_join();
+    CHECK(*sum == 210);
+    q.put(-1);
+    co_await w.async_join();
+    munmap(sum, sizeof(int));
+}
+
+TEST_CASE("close, then use, is an error; copies share the queue") {
+    coproc::queue<std::string> q;
+    auto copy = q;
+    q.put("x");
+    CHECK(copy.get() == "x");
+    copy.close();
+    CHECK_THROWS_AS(q.put("y"), coproc::error);
+    CHECK_THROWS_AS(q.get(), coproc::error);
+}
+
+TEST_CASE("a queue made before the pool reaches its tasks; one made after is refused") {
+    watchdog dog(60s);
+    coproc::queue<int> q;
+    coproc::pool pool(2);
+    CHECK(pool.apply_async(put_from_worker, {q, 5}).get() == 5);
+    CHECK(q.get() == 5);
+    coproc::queue<int> late;
+    CHECK_THROWS_WITH_AS(pool.apply_async(put_from_worker, {late, 6}).get(),
+                         doctest::Contains("create it before the pool"), coproc::error);
+}
+
+TEST_SUITE_END();
