@@ -303,5 +303,6 @@ int main(int argc, char** argv) {
         {"map_large_results", "MB/s", map_large_results},
         {"cpu_scaling", "x", cpu_scaling},
     };
+    add_channel_workloads(all);
     return run_workloads(all, argc, argv);
 }
