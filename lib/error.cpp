@@ -1,7 +1,6 @@
 // Exceptions across the process boundary, and error helpers.
 #include "transport.hpp"
 
-#include <coproc/detail/pool_core.hpp>
 #include <coproc/error.hpp>
 #include <coproc/serialize.hpp>
 
@@ -127,13 +126,6 @@ std::exception_ptr decode_exception(std::span<const char> payload, std::string_v
 
 void throw_malformed(std::string_view what, const char* why) {
     throw coproc::error("malformed " + std::string(what) + ": " + why);
-}
-
-void pool_core::check_blocking(const char* what) const {
-    if (on_loop_thread())
-        throw coproc::error(std::string(what) +
-                            " would deadlock: it was called on the thread that runs the pool's "
-                            "event loop; co_await the async_ form instead");
 }
 
 } // namespace coproc::detail

@@ -5,11 +5,19 @@
 #include <asio/io_context.hpp>
 
 #include <cstdio>
+#include <string>
 #include <thread>
 
 namespace coproc {
 
 namespace detail {
+
+void pool_core::check_blocking(const char* what) const {
+    if (on_loop_thread())
+        throw coproc::error(std::string(what) +
+                            " would deadlock: it was called on the thread that runs the pool's "
+                            "event loop; co_await the async_ form instead");
+}
 
 struct own_loop {
     asio::io_context ctx{1};
@@ -33,6 +41,13 @@ struct own_loop {
         guard.reset();
         ctx.stop();
         thread.join();
+        // Handlers posted but not run yet (e.g. the callbacks of an empty map_async) run here,
+        // so no result is left unfinished.
+        try {
+            ctx.restart();
+            ctx.poll();
+        } catch (...) {
+        }
     }
 };
 

@@ -14,6 +14,7 @@
 #include <asio/io_context.hpp>
 #include <asio/local/stream_protocol.hpp>
 #include <asio/posix/stream_descriptor.hpp>
+#include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
@@ -91,6 +92,7 @@ struct worker_proc {
     bool finalized = false;
     bool timed_out = false;
     std::string protocol_error;
+    std::vector<job_ptr> parked; // failed jobs whose frames the write in progress still reads
 
     bool accepts() const noexcept {
         return !eof && !exited && !retiring && !timed_out && !shut && protocol_error.empty();
@@ -101,6 +103,7 @@ using worker_ptr = std::shared_ptr<worker_proc>;
 struct failure {
     job_ptr j;
     std::exception_ptr e;
+    worker_ptr writer; // set if a write to this worker may still read the job's frame
 };
 
 struct reply {
@@ -181,6 +184,8 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         ++holds_;
     }
 
+    void post(std::function<void()> fn) override { asio::post(ex_, std::move(fn)); }
+
     void release() noexcept override {
         std::lock_guard lk(mu_);
         --holds_;
@@ -217,7 +222,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             pending_.clear();
             for (auto& w : workers_) {
                 for (auto& j : w->inflight)
-                    failed.push_back({std::move(j), closed()});
+                    failed.push_back({std::move(j), closed(), w->writing ? w : nullptr});
                 w->inflight.clear();
                 w->to_send.clear();
                 ::kill(w->pid, SIGKILL);
@@ -477,7 +482,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             pending_.clear();
             for (auto& other : workers_) {
                 for (auto& j : other->inflight)
-                    failed.push_back({std::move(j), broken_});
+                    failed.push_back({std::move(j), broken_, other->writing ? other : nullptr});
                 other->inflight.clear();
                 other->to_send.clear();
                 ::kill(other->pid, SIGKILL);
@@ -566,10 +571,12 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         const std::uint64_t culprit = slots_[w->slot].task_id.load(std::memory_order_acquire);
         std::deque<job_ptr> again;
         for (auto& j : w->inflight) {
-            if (j->id == culprit || !w->protocol_error.empty())
-                failed.push_back({std::move(j), lost(*w, *j)});
-            else
+            if (j->id == culprit || !w->protocol_error.empty()) {
+                auto e = lost(*w, *j); // before j is moved from
+                failed.push_back({std::move(j), std::move(e)});
+            } else {
                 again.push_back(std::move(j));
+            }
         }
         w->inflight.clear();
         w->to_send.clear();
@@ -691,8 +698,10 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         };
         asio::async_write(*w->sock, w->bufs, all_of_it,
                           [self = shared_from_this(), w](std::error_code ec, std::size_t) {
+                              std::vector<job_ptr> written; // freed without the mutex
                               std::lock_guard lk(self->mu_);
                               w->writing = false;
+                              written.swap(w->parked);
                               if (ec || !w->sock)
                                   return; // the worker is gone: on_exit takes over
                               self->start_write(w);
@@ -761,9 +770,17 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         replies.clear();
     }
 
-    static void run(std::vector<failure>& failed) {
+    void run(std::vector<failure>& failed) {
         for (auto& f : failed)
             f.j->sink->on_error(*f.j, f.e);
+        // A job failed while its worker's write was under way (terminate, a failed
+        // initializer) keeps its frame alive until that write completes.
+        if (std::any_of(failed.begin(), failed.end(), [](const auto& f) { return f.writer; })) {
+            std::lock_guard lk(mu_);
+            for (auto& f : failed)
+                if (f.writer && f.writer->writing)
+                    f.writer->parked.push_back(std::move(f.j));
+        }
         failed.clear();
     }
 

@@ -16,13 +16,14 @@ std::span<char> frame_decoder::write_area(std::size_t min) {
         end_ -= begin_;
         begin_ = 0;
     }
-    // A frame whose header we already hold: make room for all of it at once.
+    // A large frame whose header we hold: room for more of it, growing with what actually
+    // arrives (doubling), never with what the header merely claims.
     std::size_t want = min;
     if (end_ - begin_ >= sizeof(frame_header)) {
         const auto h = read_header(buf_.data() + begin_);
         const std::size_t whole = sizeof(frame_header) + h.size;
         if (h.size <= max_frame_payload && whole > end_ - begin_)
-            want = std::max(want, whole - (end_ - begin_));
+            want = std::max(want, std::min(whole - (end_ - begin_), buf_.size()));
     }
     if (buf_.size() - end_ < want)
         buf_.resize(end_ + std::max(want, buf_.size()));

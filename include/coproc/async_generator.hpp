@@ -8,11 +8,14 @@
 
 #include <coproc/detail/chunked_call.hpp>
 #include <coproc/detail/handler_slot.hpp>
+#include <coproc/detail/wire.hpp>
+#include <coproc/error.hpp>
 
 #include <asio/awaitable.hpp>
 #include <asio/use_awaitable.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <exception>
 #include <map>
@@ -35,12 +38,16 @@ template <class R> class imap_state : public chunked_call {
     void on_result(const job& j, std::span<const char> payload) override {
         outcome o;
         try {
+            // As many results as the request had items (a void task's result takes no bytes).
+            const std::uint64_t n = read_header(j.frame.data()).aux;
             reader r(payload);
-            while (r.remaining() != 0) {
+            for (std::uint64_t i = 0; i < n; ++i) {
                 R v;
                 r(v);
                 o.values.push_back(std::move(v));
             }
+            if (r.remaining() != 0)
+                throw error("malformed reply: bytes left after the results of a chunk");
         } catch (...) {
             o.values.clear();
             o.error = std::current_exception();

@@ -4,7 +4,9 @@
 //   ready() successful() wait() wait_for(d) get() get_for(d) async_get()
 //
 // Callbacks given to apply_async/map_async/starmap_async run once, in the parent, on the
-// pool's event loop thread, before ready() turns true.
+// pool's event loop thread, before ready() turns true (the error_callback of a task failed by
+// terminate() runs on the thread calling terminate()). Several coroutines may co_await
+// async_get() of one result.
 #pragma once
 
 #include <coproc/detail/handler_slot.hpp>
@@ -68,6 +70,7 @@ template <class R> class completion {
     }
 
     bool ready() const noexcept { return ready_.load(std::memory_order_acquire); }
+    bool has_callbacks() const noexcept { return callback_ || error_callback_; }
 
     bool successful() const {
         if (!ready())
@@ -108,7 +111,7 @@ template <class R> class completion {
 
     asio::awaitable<void> async_wait() {
         co_await async_wait_until(
-            m_, waiter_, [this] { return ready(); }, asio::use_awaitable);
+            m_, waiters_, [this] { return ready(); }, asio::use_awaitable);
     }
 
   private:
@@ -125,7 +128,7 @@ template <class R> class completion {
     void publish() {
         std::unique_lock lk(m_);
         ready_.store(true, std::memory_order_release);
-        waiter_.post();
+        waiters_.post();
         lk.unlock();
         cv_.notify_all();
     }
@@ -139,7 +142,7 @@ template <class R> class completion {
     bool done_ = false;
     std::optional<stored> value_;
     std::exception_ptr error_;
-    handler_slot waiter_;
+    handler_slots waiters_; // every coroutine awaiting async_get()
 };
 
 } // namespace detail

@@ -308,7 +308,10 @@ class pool {
         const std::size_t n = std::ranges::size(view);
         if (n == 0) {
             core_check_open();
-            c->set_value({});
+            if (c->has_callbacks()) // they run on the pool's loop thread, as for any call
+                core_->post([c] { c->set_value({}); });
+            else
+                c->set_value({});
             return c;
         }
         const std::size_t cs = chunksize ? chunksize : detail::default_chunksize(n, size());

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 namespace coproc::detail {
 
@@ -52,10 +53,30 @@ class handler_slot {
     std::unique_ptr<base> h_;
 };
 
-/// Completes (posts) at once if `ready()` holds under `m`, else parks the handler in `slot`;
-/// whoever makes `ready()` true later calls `slot.post()` under the same mutex's protection.
-template <class Token, class Ready>
-auto async_wait_until(std::mutex& m, handler_slot& slot, Ready ready, Token&& token) {
+/// Parks any number of handlers (several coroutines awaiting one result); post() posts all.
+class handler_slots {
+  public:
+    bool empty() const noexcept { return slots_.empty(); }
+
+    template <class Handler> void set(Handler&& h) {
+        slots_.emplace_back().set(std::forward<Handler>(h));
+    }
+
+    void post() {
+        auto all = std::exchange(slots_, {});
+        for (auto& s : all)
+            s.post();
+    }
+
+  private:
+    std::vector<handler_slot> slots_;
+};
+
+/// Completes (posts) at once if `ready()` holds under `m`, else parks the handler in `slot` (a
+/// handler_slot or handler_slots); whoever makes `ready()` true later calls `slot.post()` under
+/// the same mutex's protection.
+template <class Token, class Slot, class Ready>
+auto async_wait_until(std::mutex& m, Slot& slot, Ready ready, Token&& token) {
     return asio::async_initiate<Token, void()>(
         [&m, &slot, ready](auto handler) {
             std::unique_lock lk(m);

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -95,6 +96,8 @@ class pool_core {
     /// While held, close() keeps the workers for a call that has more jobs to submit.
     virtual void hold() noexcept = 0;
     virtual void release() noexcept = 0;
+    /// Runs `fn` on the pool's event loop (the callbacks of a call that needs no worker).
+    virtual void post(std::function<void()> fn) = 0;
     /// Throws pool_closed (or the initializer's failure) if no new task would be accepted.
     virtual void check_open() const = 0;
     virtual void close() = 0;

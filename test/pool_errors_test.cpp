@@ -1,0 +1,348 @@
+// Task errors, dead workers, timeouts and failing initializers (the pool's error paths).
+#include "tasks.hpp"
+#include "test_util.hpp"
+#include <coproc/pool.hpp>
+
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <numeric>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <typeinfo>
+#include <vector>
+
+using namespace std::chrono_literals;
+using coproc::test::watchdog;
+
+namespace {
+
+struct my_error : std::exception {
+    const char* what() const noexcept override { return "my error happened"; }
+};
+
+int throw_invalid(int x) { throw std::invalid_argument("bad argument " + std::to_string(x)); }
+int throw_out_of_range(int) { throw std::out_of_range("index out of range"); }
+int throw_runtime(int) { throw std::runtime_error("it failed at runtime"); }
+int throw_mine(int) { throw my_error{}; }
+int throw_int(int x) { throw x; }
+int fail_at_5(int x) {
+    if (x == 5)
+        throw std::invalid_argument("five");
+    return x * x;
+}
+int fail_every_7th(int x) {
+    if (x % 7 == 3)
+        throw std::out_of_range("item " + std::to_string(x));
+    return x;
+}
+
+int abort_at_5(int x) {
+    if (x == 5)
+        std::abort();
+    return x;
+}
+int sigkill_at_5(int x) {
+    if (x == 5)
+        ::raise(SIGKILL);
+    return x;
+}
+int exit_at_5(int x) {
+    if (x == 5)
+        ::_exit(3);
+    return x;
+}
+int hang_at_3(int x) {
+    if (x == 3)
+        for (;;)
+            ::pause();
+    return x;
+}
+
+void throwing_init() { throw std::runtime_error("the initializer broke"); }
+
+std::vector<int> iota(int n) {
+    std::vector<int> v(static_cast<std::size_t>(n));
+    std::iota(v.begin(), v.end(), 0);
+    return v;
+}
+
+std::vector<int> squares(int n) {
+    std::vector<int> v;
+    for (int i = 0; i < n; ++i)
+        v.push_back(i * i);
+    return v;
+}
+
+/// Calls `f` and returns the exception of type E it threw (a failed check if it threw none).
+template <class E, class F> std::optional<E> thrown(F&& f) {
+    try {
+        f();
+    } catch (const E& e) {
+        return e;
+    } catch (const std::exception& e) {
+        FAIL_CHECK("threw " << typeid(e).name() << ": " << e.what());
+        return std::nullopt;
+    }
+    FAIL_CHECK("threw nothing");
+    return std::nullopt;
+}
+
+bool contains(const std::string& s, const std::string& part) {
+    return s.find(part) != std::string::npos;
+}
+
+bool wait_for_full_pool(const coproc::pool& pool, pid_t gone = -1) {
+    const auto until = std::chrono::steady_clock::now() + 3s;
+    for (;;) {
+        const auto pids = pool.pids();
+        if (pids.size() == pool.size() && std::find(pids.begin(), pids.end(), gone) == pids.end())
+            return true;
+        if (std::chrono::steady_clock::now() > until)
+            return false;
+        std::this_thread::sleep_for(5ms);
+    }
+}
+
+asio::awaitable<void> sleep_for(std::chrono::milliseconds d) {
+    asio::steady_timer t(co_await asio::this_coro::executor, d);
+    co_await t.async_wait(asio::use_awaitable);
+}
+
+} // namespace
+
+TEST_SUITE_BEGIN("pool");
+
+// ------------------------------------------------------------------ task exceptions
+
+TEST_CASE("standard exceptions thrown by a task arrive as the same type with the same what()") {
+    watchdog dog(30s);
+    coproc::pool pool(2);
+    if (auto e =
+            thrown<std::invalid_argument>([&] { pool.apply_async(throw_invalid, {7}).get(); })) {
+        CHECK(typeid(*e) == typeid(std::invalid_argument));
+        CHECK(std::string(e->what()) == "bad argument 7");
+    }
+    if (auto e =
+            thrown<std::out_of_range>([&] { pool.apply_async(throw_out_of_range, {1}).get(); })) {
+        CHECK(typeid(*e) == typeid(std::out_of_range));
+        CHECK(std::string(e->what()) == "index out of range");
+    }
+    if (auto e = thrown<std::runtime_error>([&] { pool.apply_async(throw_runtime, {1}).get(); })) {
+        CHECK(typeid(*e) == typeid(std::runtime_error));
+        CHECK(std::string(e->what()) == "it failed at runtime");
+    }
+    // get() may be called again: the same exception again.
+    auto r = pool.apply_async(throw_invalid, {8});
+    CHECK_THROWS_WITH_AS(r.get(), "bad argument 8", std::invalid_argument);
+    CHECK_THROWS_WITH_AS(r.get(), "bad argument 8", std::invalid_argument);
+}
+
+TEST_CASE("other exceptions thrown by a task arrive as remote_error with type_name() and what()") {
+    watchdog dog(30s);
+    coproc::pool pool(2);
+    if (auto e = thrown<coproc::remote_error>([&] { pool.apply_async(throw_mine, {1}).get(); })) {
+        CHECK(contains(e->type_name(), "my_error"));
+        CHECK(std::string(e->what()) == "my error happened");
+    }
+    if (auto e = thrown<coproc::remote_error>([&] { pool.apply_async(throw_int, {42}).get(); })) {
+        CHECK(e->type_name() == "int");
+        CHECK(std::string(e->what()).size() > 0);
+    }
+    CHECK(pool.apply_async(tasks::add, {1, 2}).get() == 3);
+}
+
+COPROC_TEST_CASE("task exceptions arrive in an awaiting coroutine") {
+    coproc::pool pool(io.get_executor(), {.processes = 2});
+    CHECK_THROWS_WITH_AS(co_await pool.apply(throw_invalid, 1), "bad argument 1",
+                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(co_await pool.apply(throw_out_of_range, 1), "index out of range",
+                         std::out_of_range);
+    CHECK_THROWS_WITH_AS(co_await pool.apply(throw_runtime, 1), "it failed at runtime",
+                         std::runtime_error);
+    CHECK_THROWS_WITH_AS(co_await pool.apply(throw_mine, 1), "my error happened",
+                         coproc::remote_error);
+    CHECK_THROWS_AS(co_await pool.apply(throw_int, 1), coproc::remote_error);
+    CHECK_THROWS_WITH_AS(co_await pool.apply(tasks::check_positive, -4), "negative: -4",
+                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(co_await pool.map(fail_at_5, iota(10)), "five", std::invalid_argument);
+    CHECK(co_await pool.apply(tasks::add, 1, 2) == 3);
+    pool.close();
+    co_await pool.async_join();
+}
+
+TEST_CASE("in map the first task error fails the whole call") {
+    watchdog dog(30s);
+    coproc::pool pool(2);
+    for (std::size_t chunksize : {0, 1, 4, 100}) {
+        CAPTURE(chunksize);
+        CHECK_THROWS_WITH_AS(pool.map_async(fail_at_5, iota(20), chunksize).get(), "five",
+                             std::invalid_argument);
+        if (auto e = thrown<std::out_of_range>(
+                [&] { pool.map_async(fail_every_7th, iota(40), chunksize).get(); })) {
+            const std::string what = e->what();
+            CHECK((what == "item 3" || what == "item 10" || what == "item 17" ||
+                   what == "item 24" || what == "item 31" || what == "item 38"));
+        }
+        std::vector<std::tuple<int>> items{{1}, {5}};
+        CHECK_THROWS_AS(pool.starmap_async(fail_at_5, items, chunksize).get(),
+                        std::invalid_argument);
+    }
+    CHECK(pool.map_async(tasks::square, iota(20)).get() == squares(20)); // still usable
+}
+
+// ------------------------------------------------------------------ dead workers
+
+namespace {
+
+struct death {
+    const char* name;
+    int (*task)(int);
+    int signal;
+    int exit_status;
+};
+const death deaths[] = {
+    {"abort()", abort_at_5, SIGABRT, -1},
+    {"raise(SIGKILL)", sigkill_at_5, SIGKILL, -1},
+    {"_exit(3)", exit_at_5, 0, 3},
+};
+
+void check_lost(const coproc::worker_lost& e, const death& d) {
+    CHECK(e.pid() > 0);
+    CHECK(e.pid() != ::getpid());
+    CHECK(e.signal() == d.signal);
+    CHECK(e.exit_status() == d.exit_status);
+    const std::string what = e.what();
+    CHECK(contains(what, std::to_string(e.pid())));
+    CHECK(contains(what, "task"));
+    CHECK(contains(what, "int (*)(int)"));
+}
+
+} // namespace
+
+TEST_CASE("a worker that dies mid-map fails the call with worker_lost; the pool recovers") {
+    watchdog dog(60s);
+    tasks::no_core_dumps();
+    coproc::pool pool(2);
+    for (const auto& d : deaths) {
+        CAPTURE(d.name);
+        const auto before = pool.pids();
+        REQUIRE(before.size() == 2);
+        auto lost = thrown<coproc::worker_lost>([&] { pool.map_async(d.task, iota(20), 1).get(); });
+        REQUIRE(lost);
+        check_lost(*lost, d);
+        CHECK(std::find(before.begin(), before.end(), lost->pid()) != before.end());
+        CHECK(pool.map_async(tasks::square, iota(100)).get() == squares(100));
+        CHECK(wait_for_full_pool(pool, lost->pid()));
+        CHECK(pool.size() == 2);
+    }
+    // With apply_async, only the task whose worker died fails.
+    std::vector<coproc::async_result<int>> rs;
+    for (int i = 0; i < 10; ++i)
+        rs.push_back(pool.apply_async(exit_at_5, {i}));
+    for (int i = 0; i < 10; ++i) {
+        if (i == 5)
+            CHECK_THROWS_AS(rs[i].get(), coproc::worker_lost);
+        else
+            CHECK(rs[i].get() == i);
+    }
+    CHECK(wait_for_full_pool(pool));
+}
+
+COPROC_TEST_CASE("a worker killed under an awaited map fails it with worker_lost") {
+    tasks::no_core_dumps();
+    coproc::pool pool(io.get_executor(), {.processes = 2});
+    for (const auto& d : deaths) {
+        CAPTURE(d.name);
+        std::optional<coproc::worker_lost> lost;
+        try {
+            co_await pool.map(d.task, iota(20), 1);
+        } catch (const coproc::worker_lost& e) {
+            lost = e;
+        }
+        REQUIRE(lost);
+        check_lost(*lost, d);
+        CHECK(co_await pool.map(tasks::square, iota(50)) == squares(50));
+        for (int i = 0; i < 300 && pool.pids().size() != 2; ++i)
+            co_await sleep_for(10ms);
+        CHECK(pool.pids().size() == 2);
+    }
+    pool.close();
+    co_await pool.async_join();
+}
+
+// ------------------------------------------------------------------ timeouts
+
+TEST_CASE("a task exceeding task_timeout fails with timeout_error; the others succeed") {
+    watchdog dog(30s);
+    coproc::pool pool({.processes = 2, .task_timeout = 200ms});
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<coproc::async_result<int>> rs;
+    for (int i = 0; i < 8; ++i)
+        rs.push_back(pool.apply_async(hang_at_3, {i}));
+    for (int i = 0; i < 8; ++i) {
+        CAPTURE(i);
+        if (i == 3) {
+            auto e = thrown<coproc::timeout_error>([&] { rs[i].get(); });
+            REQUIRE(e);
+            CHECK(contains(e->what(), "timeout"));
+        } else {
+            CHECK(rs[i].get() == i);
+        }
+    }
+    const auto took = std::chrono::steady_clock::now() - t0;
+    CHECK(took >= 200ms);
+    CHECK(took < 5s);
+    // A map with a hanging item fails as a whole; the pool keeps working.
+    CHECK_THROWS_AS(pool.map_async(hang_at_3, iota(6), 1).get(), coproc::timeout_error);
+    CHECK(pool.map_async(tasks::square, iota(30)).get() == squares(30));
+    CHECK(pool.apply_async(tasks::sleep_ms, {50}).get() == 50); // under the limit: fine
+    CHECK(wait_for_full_pool(pool));
+}
+
+COPROC_TEST_CASE("task_timeout with an awaited apply") {
+    coproc::pool pool(io.get_executor(), {.processes = 1, .task_timeout = 150ms});
+    CHECK_THROWS_AS(co_await pool.apply(hang_at_3, 3), coproc::timeout_error);
+    CHECK(co_await pool.apply(hang_at_3, 4) == 4);
+    pool.close();
+    co_await pool.async_join();
+}
+
+// ------------------------------------------------------------------ initializer
+
+TEST_CASE("an initializer that throws fails tasks with coproc::error and spawns no more workers") {
+    watchdog dog(30s);
+    const auto before = coproc::test::child_count().total;
+    {
+        coproc::pool pool({.processes = 2, .initializer = throwing_init});
+        for (int i = 0; i < 3; ++i) {
+            auto e = thrown<coproc::error>([&] { pool.apply_async(tasks::add, {i, 1}).get(); });
+            REQUIRE(e);
+            CHECK(contains(e->what(), "the initializer broke"));
+        }
+        CHECK_THROWS_AS(pool.map_async(tasks::square, iota(10)).get(), coproc::error);
+        // The workers exited and none was started again.
+        for (int i = 0; i < 300 && coproc::test::child_count().total != before; ++i)
+            std::this_thread::sleep_for(10ms);
+        CHECK(coproc::test::child_count().total == before);
+        std::this_thread::sleep_for(100ms);
+        CHECK(coproc::test::child_count().total == before);
+        CHECK(pool.pids().empty());
+    }
+    CHECK(coproc::test::child_count().zombies == 0);
+}
+
+COPROC_TEST_CASE("an initializer that throws fails an awaited task with coproc::error") {
+    coproc::pool pool(io.get_executor(), {.processes = 2, .initializer = throwing_init});
+    CHECK_THROWS_AS(co_await pool.apply(tasks::add, 1, 2), coproc::error);
+    CHECK_THROWS_AS(co_await pool.map(tasks::square, iota(5)), coproc::error);
+    pool.terminate();
+    co_await pool.async_join();
+}
+
+TEST_SUITE_END();
