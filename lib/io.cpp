@@ -19,7 +19,9 @@
 #include <poll.h>
 #include <pthread.h>
 #include <random>
+#include <sched.h>
 #include <string>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <thread>
@@ -105,6 +107,23 @@ std::shared_ptr<void> find_handle(std::uint64_t token, handle_kind kind) {
                         "create it before the pool");
 }
 
+std::atomic<std::uint32_t> cached_pid{0};
+
+std::uint32_t load_pid() noexcept {
+    // Registered once, before the first pid is cached: every fork() afterwards forgets it in
+    // the child, which then loads its own on first use.
+    static const bool registered = [] {
+        pthread_atfork(nullptr, nullptr, [] { cached_pid.store(0, std::memory_order_relaxed); });
+        return true;
+    }();
+    static_cast<void>(registered);
+    const auto pid = static_cast<std::uint32_t>(::getpid());
+    cached_pid.store(pid, std::memory_order_relaxed);
+    return pid;
+}
+
+void yield_cpu() noexcept { ::sched_yield(); }
+
 std::system_error os_error(const char* what) {
     return std::system_error(errno, std::system_category(), what);
 }
@@ -138,16 +157,22 @@ bool wait_fd(int fd, short events, std::optional<clock::time_point> deadline) {
 }
 
 asio::awaitable<void> async_wait_fd(int fd, bool write) {
-    // A duplicate, so that any number of waits on one descriptor (from one or several event
-    // loops) each have their own epoll registration.
-    const int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (d < 0)
-        throw os_error("dup of a channel descriptor failed");
+    // An epoll instance of its own watching `fd`, and Asio waits for that to be readable: any
+    // number of waits on one descriptor (from one or several event loops) then each have their
+    // own registration, and Asio's FIONBIO lands on the epoll instance. On `fd` itself (or a
+    // dup, which shares its file description) it would make the channel non-blocking in every
+    // process that shares it, and their blocking calls would take the slow path.
+    unique_fd ep(::epoll_create1(EPOLL_CLOEXEC));
+    if (!ep)
+        throw os_error("epoll_create1 for an asynchronous wait failed");
+    epoll_event ev{};
+    ev.events = write ? EPOLLOUT : EPOLLIN;
+    if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+        throw os_error("epoll_ctl for an asynchronous wait failed");
     const auto ex = co_await asio::this_coro::executor;
-    asio::posix::stream_descriptor sd(ex, d);
-    co_await sd.async_wait(write ? asio::posix::descriptor_base::wait_write
-                                 : asio::posix::descriptor_base::wait_read,
-                           asio::use_awaitable);
+    asio::posix::stream_descriptor sd(ex, ep.get());
+    ep.release();
+    co_await sd.async_wait(asio::posix::descriptor_base::wait_read, asio::use_awaitable);
 }
 
 bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,

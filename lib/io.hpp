@@ -1,9 +1,13 @@
 // Descriptors, waits and futexes shared by process, pipe, queue and lock (private).
 //
-// Channel descriptors are used with MSG_DONTWAIT (or are O_NONBLOCK eventfds), so a call never
-// blocks inside the kernel: blocking calls wait with poll() (with a deadline for the *_for
-// forms), awaitable ones with an Asio descriptor on the awaiting coroutine's executor. Whether a
-// descriptor blocks then never depends on who else uses it (Asio, another process).
+// Channel sockets stay in blocking mode (shared by every process that holds them, so the mode is
+// never changed: async_wait_fd waits through an epoll instance of its own, because Asio sets
+// O_NONBLOCK on what it waits on). Blocking calls without a deadline therefore make one
+// blocking send or recv, the fewest syscalls there are; everything else passes MSG_DONTWAIT per
+// call and waits with poll() (with a deadline for the *_for forms) or, awaiting, with Asio on the
+// awaiting coroutine's executor. Code never relies on the mode: a blocking call that gets EAGAIN
+// (a descriptor someone made non-blocking) waits with poll() and tries again. Eventfds are
+// O_NONBLOCK and always waited for with poll() or Asio.
 #pragma once
 
 #include <coproc/detail/handle.hpp>
@@ -44,12 +48,65 @@ class unique_fd {
     int fd_ = -1;
 };
 
+#define COPROC_PRIVATE __attribute__((visibility("hidden")))
+
+/// This process's pid once known, else 0; forgotten in the child of every fork() (pthread_atfork;
+/// a child made by a raw clone() or _Fork() without exec must not use locks).
+COPROC_PRIVATE extern std::atomic<std::uint32_t> cached_pid;
+/// getpid(), cached.
+COPROC_PRIVATE std::uint32_t load_pid() noexcept;
+
+/// sched_yield().
+void yield_cpu() noexcept;
+
+/// This process's pid, without a syscall (a lock takes it on every acquire).
+inline std::uint32_t this_pid() noexcept {
+    const std::uint32_t pid = cached_pid.load(std::memory_order_relaxed);
+    return pid != 0 ? pid : load_pid();
+}
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/// How long a receiver polls shared memory for a message before it sleeps in the kernel. A
+/// sleep costs a wake-up on the sender's side and a context switch on the receiver's (tens of
+/// microseconds between the vCPUs of a VM); a message that arrives within this is received
+/// without either.
+constexpr std::chrono::microseconds spin_budget{50};
+
+/// Polls `ready()` for about `budget` (pausing, and yielding the CPU every few microseconds so a
+/// peer on the same CPU can run); whether it turned true. Only a hint: callers then make the
+/// blocking call either way.
+template <class Ready> bool spin_until(Ready ready, std::chrono::microseconds budget) {
+    if (ready())
+        return true;
+    const auto start = clock::now();
+    auto yielded = start;
+    for (unsigned i = 1;; ++i) {
+        cpu_relax();
+        if (ready())
+            return true;
+        if (i % 32 == 0) {
+            const auto now = clock::now();
+            if (now - start >= budget)
+                return false;
+            if (now - yielded >= std::chrono::microseconds(5)) {
+                yield_cpu();
+                yielded = now;
+            }
+        }
+    }
+}
+
 /// Waits until `fd` has `events` (POLLIN/POLLOUT; errors and hang-up count as ready).
 /// Returns false if `deadline` passed first; no deadline waits for ever.
 bool wait_fd(int fd, short events, std::optional<clock::time_point> deadline);
 
-/// Suspends the awaiting coroutine until `fd` is readable (or writable, with `write`), without
-/// blocking its executor's thread.
+/// Suspends the awaiting coroutine until `fd` is readable (or writable, with `write`; errors and
+/// hang-up count as ready), without blocking its executor's thread or changing `fd`'s flags.
 asio::awaitable<void> async_wait_fd(int fd, bool write);
 
 /// Milliseconds to `deadline` for poll(): -1 for none, 0 if passed.

@@ -8,6 +8,8 @@
 // classic three-state futex mutex, with the holder's pid for robustness. A sleeping waiter wakes
 // every liveness_period to check the holder: if it has exited (its pidfd is readable, zombies
 // included) or is gone, one waiter replaces the dead pid with its own and reports owner_died.
+// The pid is this_pid(), cached per process (a getpid() syscall per acquire cost ~50x the
+// lock itself); an acquirer that finds the word taken spins spin_limit rounds before it sleeps.
 // Limitation: if a dead holder's pid is reused by a new process while the lock is held, the lock
 // looks alive (pid_max makes that rare).
 #include "io.hpp"
@@ -31,13 +33,7 @@ constexpr std::uint32_t pid_mask = ~waiters_bit;
 constexpr auto liveness_period = std::chrono::milliseconds(50);
 constexpr int spin_limit = 64;
 
-std::uint32_t self_id() noexcept { return static_cast<std::uint32_t>(::getpid()); }
-
-void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
+std::uint32_t self_id() noexcept { return this_pid(); }
 
 /// Whether process `pid` has exited (or never existed).
 bool exited(std::uint32_t pid) noexcept {

@@ -1,6 +1,22 @@
-// pipe: frames (8-byte length, then payload) on an AF_UNIX stream socket. Sends and receives
-// advance by non-blocking steps; the blocking forms wait with poll(), the awaitable ones on the
-// awaiting coroutine's executor (see io.hpp).
+// pipe: frames (8-byte length, then payload) on an AF_UNIX stream socket.
+//
+// Send: one sendmsg of header and payload. Blocking calls make blocking syscalls (the socket
+// stays in blocking mode, see io.hpp), so a send is one syscall; awaitable calls pass
+// MSG_DONTWAIT and wait on the awaiting coroutine's executor.
+//
+// Receive: exactly one frame, never more: one recv for the header, one for the
+// body. Reading ahead (a buffer-full per recv, frames handed out from it) would halve the
+// receiver's syscalls, but frames read ahead by one process are invisible to another process
+// blocked in recv on the same end, which then sleeps for ever; programs do that (several
+// children waiting on one end for a start message, which Python's exact reads let work in
+// practice), and a read-ahead buffer shared between the processes breaks it worse. So the
+// receiver saves elsewhere: before it sleeps on an empty socket it watches, for up to
+// spin_budget, a byte counter the sender bumps in shared memory, so a steady stream or a quick
+// reply is received without a sleep and a cross-CPU wake-up, the dominant cost on a VM.
+// The frame being received is kept in the connection (an abandoned async_recv leaves it for the
+// next receive in this process). A body too big for its 64 KiB buffer is received straight into
+// a buffer kept for the next big frame (no allocation, zeroing or page faults per message), and
+// the typed recv() decodes from where the bytes are, without copying them first.
 #include "io.hpp"
 #include <coproc/pipe.hpp>
 
@@ -8,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -17,20 +34,54 @@ namespace {
 
 // A length above this is a corrupt stream, not a message (cereal itself would give up first).
 constexpr std::uint64_t max_frame = std::uint64_t{1} << 40;
+constexpr std::uint32_t rx_capacity = 64 * 1024;
+// A send of more than this is announced to the receiver while it is under way.
+constexpr std::size_t big_send = 64 * 1024;
+// A big-frame buffer larger than this is freed after use rather than kept.
+constexpr std::size_t big_keep_limit = 16 << 20;
+
+using header = std::uint64_t;
 
 [[noreturn]] void throw_eof(const char* what) { throw eof_error(what); }
 
 bool would_block() noexcept { return errno == EAGAIN || errno == EWOULDBLOCK; }
 
+} // namespace
+
+/// What a receiving end keeps in memory shared by the processes that hold the pipe: two byte
+/// counters that let a receiver see, without a syscall, whether the socket is empty and whether
+/// a send has just completed (hints only: it always ends with a real recv).
+struct conn_rx {
+    alignas(64) std::atomic<std::uint64_t> sent{0}; // by the peer, after each sendmsg
+    std::atomic<std::uint32_t> sending{0}; // big sends under way (their bytes flow before `sent`)
+    alignas(64) std::atomic<std::uint64_t> received{0};
+};
+
+namespace {
+
 /// A frame being sent.
 class frame_out {
   public:
-    explicit frame_out(std::span<const std::byte> body) noexcept
-        : header_(body.size()), body_(body) {}
+    frame_out(std::span<const std::byte> body, conn_rx* peer) noexcept
+        : header_(body.size()), body_(body), peer_(peer) {}
 
-    /// Sends what the socket takes; true once everything is sent.
-    bool step(int fd) {
+    /// Sends what the socket takes (with MSG_DONTWAIT in `flags`) or everything (without: a
+    /// blocking send on a blocking socket); true once everything is sent.
+    bool step(int fd, int flags) {
         const std::size_t total = sizeof header_ + body_.size();
+        // A big send returns only once the receiver has taken most of it: say it is under way,
+        // so that the receiver does not wait for `sent` to move meanwhile.
+        struct under_way {
+            conn_rx* rx;
+            explicit under_way(conn_rx* r) noexcept : rx(r) {
+                if (rx)
+                    rx->sending.fetch_add(1, std::memory_order_relaxed);
+            }
+            ~under_way() {
+                if (rx)
+                    rx->sending.fetch_sub(1, std::memory_order_relaxed);
+            }
+        } mark(total > big_send ? peer_ : nullptr);
         while (done_ < total) {
             iovec iov[2];
             int n = 0;
@@ -43,7 +94,7 @@ class frame_out {
             msghdr msg{};
             msg.msg_iov = iov;
             msg.msg_iovlen = static_cast<std::size_t>(n);
-            const ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+            const ssize_t w = ::sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
             if (w < 0) {
                 if (errno == EINTR)
                     continue;
@@ -54,73 +105,24 @@ class frame_out {
                 throw os_error("connection: send failed");
             }
             done_ += static_cast<std::size_t>(w);
+            peer_->sent.fetch_add(static_cast<std::uint64_t>(w), std::memory_order_release);
         }
         return true;
     }
 
   private:
-    std::uint64_t header_;
+    header header_;
     std::span<const std::byte> body_;
+    conn_rx* peer_;
     std::size_t done_ = 0;
-};
-
-/// A frame being received.
-class frame_in {
-  public:
-    /// Reads what has arrived; true once the frame is complete.
-    bool step(int fd) {
-        while (got_ < sizeof header_) {
-            const ssize_t r =
-                read_some(fd, reinterpret_cast<char*>(&header_) + got_, sizeof header_ - got_);
-            if (r < 0)
-                return false;
-            got_ += static_cast<std::size_t>(r);
-            if (got_ == sizeof header_) {
-                if (header_ > max_frame)
-                    throw coproc::error("connection: corrupt stream (a frame of " +
-                                        std::to_string(header_) + " bytes)");
-                body_.resize(header_);
-            }
-        }
-        while (got_ - sizeof header_ < body_.size()) {
-            const std::size_t at = got_ - sizeof header_;
-            const ssize_t r = read_some(fd, body_.data() + at, body_.size() - at);
-            if (r < 0)
-                return false;
-            got_ += static_cast<std::size_t>(r);
-        }
-        return true;
-    }
-
-    std::vector<std::byte> take() noexcept { return std::move(body_); }
-
-  private:
-    // Bytes read (> 0), or -1 if nothing is available yet; end of stream throws.
-    ssize_t read_some(int fd, void* p, std::size_t n) {
-        for (;;) {
-            const ssize_t r = ::recv(fd, p, n, MSG_DONTWAIT);
-            if (r > 0)
-                return r;
-            if (r == 0 || errno == ECONNRESET)
-                throw_eof(got_ == 0 ? "connection: the other end was closed"
-                                    : "connection: the other end was closed in the middle of "
-                                      "a message");
-            if (would_block())
-                return -1;
-            if (errno != EINTR)
-                throw os_error("connection: recv failed");
-        }
-    }
-
-    std::uint64_t header_ = 0;
-    std::size_t got_ = 0;
-    std::vector<std::byte> body_;
 };
 
 } // namespace
 
-conn_core::conn_core(int fd, bool readable, bool writable) noexcept
-    : fd_(fd), readable_(readable), writable_(writable) {}
+conn_core::conn_core(int fd, bool readable, bool writable, std::shared_ptr<void> shared,
+                     conn_rx* rx, conn_rx* peer_rx) noexcept
+    : fd_(fd), readable_(readable), writable_(writable), shared_(std::move(shared)), rx_(rx),
+      peer_rx_(peer_rx) {}
 
 conn_core::~conn_core() { close(); }
 
@@ -142,19 +144,125 @@ int conn_core::fd_for(bool write) const {
     return fd;
 }
 
+// The next frame, receiving what is needed: `flags` 0 blocks in recv (one syscall when a
+// message arrives), MSG_DONTWAIT returns nullopt when nothing more has arrived. A blocking call
+// on a socket someone made non-blocking returns nullopt too (the caller polls).
+std::optional<std::span<const char>> conn_core::recv_step(int fd, int flags) {
+    conn_rx& rx = *rx_;
+    if (!data_)
+        data_.reset(new char[rx_capacity]);
+    char* const data = data_.get();
+    if (!big_pending_ && big_capacity_ > big_keep_limit) {
+        big_.reset();
+        big_capacity_ = 0;
+    }
+    for (;;) {
+        if (big_pending_) {
+            while (big_got_ < big_size_) {
+                const ssize_t r = ::recv(fd, big_.get() + big_got_, big_size_ - big_got_, flags);
+                if (r > 0) {
+                    big_got_ += static_cast<std::size_t>(r);
+                    rx.received.fetch_add(static_cast<std::uint64_t>(r), std::memory_order_relaxed);
+                    continue;
+                }
+                if (r == 0 || errno == ECONNRESET) {
+                    big_pending_ = false;
+                    throw_eof("connection: the other end was closed in the middle of a message");
+                }
+                if (would_block())
+                    return std::nullopt;
+                if (errno != EINTR)
+                    throw os_error("connection: recv failed");
+            }
+            big_pending_ = false;
+            return std::span<const char>(big_.get(), big_size_);
+        }
+        const std::uint32_t b = begin_, e = end_;
+        if (b > e || e > rx_capacity)
+            throw coproc::error("connection: receive state corrupt (two threads receiving on one "
+                                "end at once?)");
+        const std::size_t avail = e - b;
+        header len = 0;
+        if (avail >= sizeof len) {
+            std::memcpy(&len, data + b, sizeof len);
+            if (len > max_frame)
+                throw coproc::error("connection: corrupt stream (a frame of " +
+                                    std::to_string(len) + " bytes)");
+            if (avail - sizeof len >= len) {
+                const auto next = static_cast<std::uint32_t>(b + sizeof len + len);
+                if (next == e)
+                    begin_ = end_ = 0; // the next recv fills from the start
+                else
+                    begin_ = next;
+                return std::span<const char>(data + b + sizeof len, len);
+            }
+            if (sizeof len + len > rx_capacity) {
+                const std::size_t have = avail - sizeof len;
+                if (big_capacity_ < len) {
+                    big_.reset(); // first, so that the old and new buffers never coexist
+                    big_capacity_ = 0;
+                    big_.reset(new char[len]); // uninitialised: recv fills it
+                    big_capacity_ = len;
+                }
+                std::memcpy(big_.get(), data + b + sizeof len, have);
+                big_size_ = len;
+                big_got_ = have;
+                big_pending_ = true;
+                begin_ = end_ = 0;
+                continue;
+            }
+        }
+        // An incomplete frame: receive the rest of its header, or of its body, and nothing
+        // more. Bytes of the next frame stay in the socket, where any receiver of this end (a
+        // process blocked in recv on it meanwhile) gets them.
+        std::uint32_t at = e;
+        if (b > 0) {
+            std::memmove(data, data + b, avail);
+            begin_ = 0;
+            end_ = at = static_cast<std::uint32_t>(avail);
+        }
+        const std::size_t want = avail < sizeof len ? sizeof len - avail : sizeof len + len - avail;
+        if (flags == 0 && avail == 0) {
+            // About to sleep if the socket is empty: first watch for a send for a moment.
+            const std::uint64_t got = rx.received.load(std::memory_order_relaxed);
+            spin_until(
+                [&] {
+                    return rx.sent.load(std::memory_order_acquire) != got ||
+                           rx.sending.load(std::memory_order_relaxed) != 0;
+                },
+                spin_budget);
+        }
+        const ssize_t r = ::recv(fd, data + at, want, flags);
+        if (r > 0) {
+            end_ = at + static_cast<std::uint32_t>(r);
+            rx.received.fetch_add(static_cast<std::uint64_t>(r), std::memory_order_relaxed);
+            continue;
+        }
+        if (r == 0 || errno == ECONNRESET)
+            throw_eof(avail == 0 ? "connection: the other end was closed"
+                                 : "connection: the other end was closed in the middle of a "
+                                   "message");
+        if (would_block())
+            return std::nullopt;
+        if (errno != EINTR)
+            throw os_error("connection: recv failed");
+    }
+}
+
 void conn_core::send(std::span<const std::byte> payload) {
     const int fd = fd_for(true);
-    frame_out f(payload);
-    while (!f.step(fd))
+    frame_out f(payload, peer_rx_);
+    while (!f.step(fd, 0))
         wait_fd(fd, POLLOUT, std::nullopt);
 }
 
-std::vector<std::byte> conn_core::recv() {
+std::span<const char> conn_core::recv() {
     const int fd = fd_for(false);
-    frame_in f;
-    while (!f.step(fd))
+    for (;;) {
+        if (auto msg = recv_step(fd, 0))
+            return *msg;
         wait_fd(fd, POLLIN, std::nullopt);
-    return f.take();
+    }
 }
 
 bool conn_core::poll(clock::time_point deadline) {
@@ -164,17 +272,20 @@ bool conn_core::poll(clock::time_point deadline) {
 asio::awaitable<void> conn_core::async_send(std::shared_ptr<conn_core> self,
                                             std::vector<char> payload) {
     const int fd = self->fd_for(true);
-    frame_out f(std::as_bytes(std::span(payload)));
-    while (!f.step(fd))
+    frame_out f(std::as_bytes(std::span(payload)), self->peer_rx_);
+    while (!f.step(fd, MSG_DONTWAIT))
         co_await async_wait_fd(fd, true);
 }
 
 asio::awaitable<std::vector<std::byte>> conn_core::async_recv(std::shared_ptr<conn_core> self) {
     const int fd = self->fd_for(false);
-    frame_in f;
-    while (!f.step(fd))
+    for (;;) {
+        if (auto msg = self->recv_step(fd, MSG_DONTWAIT)) {
+            const auto bytes = std::as_bytes(*msg);
+            co_return std::vector<std::byte>(bytes.begin(), bytes.end());
+        }
         co_await async_wait_fd(fd, false);
-    co_return f.take();
+    }
 }
 
 std::pair<std::shared_ptr<conn_core>, std::shared_ptr<conn_core>> make_pipe(bool duplex) {
@@ -186,9 +297,22 @@ std::pair<std::shared_ptr<conn_core>, std::shared_ptr<conn_core>> make_pipe(bool
         ::shutdown(sv[0], SHUT_WR);
         ::shutdown(sv[1], SHUT_RD);
     }
-    auto first = make_registered<conn_core>(handle_kind::connection, a.get(), true, duplex);
+    // rx[0] receives at the first end (what the second sends), rx[1] at the second.
+    auto* rx = static_cast<conn_rx*>(map_shared(2 * sizeof(conn_rx), "pipe: mmap failed"));
+    new (&rx[0]) conn_rx;
+    new (&rx[1]) conn_rx;
+    std::shared_ptr<void> shared;
+    try {
+        shared = std::shared_ptr<void>(rx, [](void* p) { ::munmap(p, 2 * sizeof(conn_rx)); });
+    } catch (...) {
+        ::munmap(rx, 2 * sizeof(conn_rx));
+        throw;
+    }
+    auto first = make_registered<conn_core>(handle_kind::connection, a.get(), true, duplex, shared,
+                                            &rx[0], duplex ? &rx[1] : nullptr);
     a.release();
-    auto second = make_registered<conn_core>(handle_kind::connection, b.get(), duplex, true);
+    auto second = make_registered<conn_core>(handle_kind::connection, b.get(), duplex, true,
+                                             std::move(shared), duplex ? &rx[1] : nullptr, &rx[0]);
     b.release();
     return {std::move(first), std::move(second)};
 }

@@ -3,9 +3,22 @@
 // Transport: an AF_UNIX SOCK_SEQPACKET socket pair shared by every process (puts go into one
 // end, gets read the other). The kernel keeps message boundaries and hands each message to
 // exactly one recvmsg(), whole, however many processes read and write at once: no lock, no
-// torn or duplicated item, and a dead process cannot leave the queue half-written. It is also
-// the fastest correct choice here: one syscall per put and per get for small items, readiness
-// that Asio can wait on, and no shared-memory ring to repair when a process dies mid-write.
+// torn or duplicated item, and a dead process cannot leave the queue half-written.
+//
+// Why not a shared-memory ring (per-slot sequence numbers, futex wake-ups), which would save
+// the kernel's per-message work: a producer that dies between claiming a slot and publishing it,
+// or a consumer between claiming and releasing one, stalls every process behind that slot for
+// ever unless the claim can be repaired, and a claim cannot name its owner atomically with the
+// claim itself; a ring behind a robust lock is repairable but serialises every put and get on
+// that lock, and async_get would need a descriptor to wait on (a futex has none) or a helper
+// thread per waiter. The socket is correct under process death by construction, so the work
+// went into making it cheap: the common case is exactly one syscall per put and one per get.
+// put() and get() without a deadline make blocking sendmsg/recvmsg calls (the socket stays in
+// blocking mode, see io.hpp) instead of try, poll, retry; and a getter that finds the queue
+// empty first watches the `published` counter in shared memory for up to spin_budget before it
+// sleeps in recvmsg, so a steady producer's items are taken without a sleep and a cross-CPU
+// wake-up per item. The *_for forms and the awaitable ones use MSG_DONTWAIT and wait with
+// poll() or Asio.
 //
 // Items up to inline_limit travel in the message itself. A larger item is written to a memfd
 // that travels with the message (SCM_RIGHTS) and is read back by the getter: a seqpacket message
@@ -31,6 +44,9 @@ namespace coproc::detail {
 struct queue_shared {
     std::atomic<std::int64_t> count{0};       // items put (or being put) and not yet got
     std::atomic<std::uint32_t> unfinished{0}; // items put and not yet task_done()
+    // Bumped after each send: an empty queue's getter watches it for a moment before it sleeps
+    // in recvmsg (a hint only; see spin_until).
+    alignas(64) std::atomic<std::uint64_t> published{0};
 };
 
 namespace {
@@ -91,8 +107,9 @@ class put_op {
             give_back();
     }
 
-    /// Advances; true once the item is in the queue.
-    bool step() {
+    /// Advances; true once the item is in the queue. `flags` 0 sends blocking (the socket is in
+    /// blocking mode, see io.hpp), MSG_DONTWAIT does not wait for room.
+    bool step(int flags) {
         if (phase_ == phase::slot) {
             std::uint64_t one;
             if (::read(q_.fd(q_.slots_fd_), &one, sizeof one) < 0) {
@@ -129,7 +146,7 @@ class put_op {
         }
         const int fd = q_.fd(q_.put_fd_);
         for (;;) {
-            if (::sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+            if (::sendmsg(fd, &m, flags | MSG_NOSIGNAL) >= 0)
                 break;
             if (would_block())
                 return false;
@@ -137,6 +154,7 @@ class put_op {
                 throw os_error("queue: sendmsg failed");
         }
         phase_ = phase::done;
+        q_.shared_->published.fetch_add(1, std::memory_order_release);
         return true;
     }
 
@@ -225,7 +243,7 @@ std::size_t queue_core::qsize() const noexcept {
 
 bool queue_core::put(std::span<const char> msg, std::optional<clock::time_point> deadline) {
     put_op op(*this, msg);
-    while (!op.step())
+    while (!op.step(deadline ? MSG_DONTWAIT : 0))
         if (!wait_fd(op.wait_fd(), op.wait_events(), deadline))
             return false;
     return true;
@@ -234,12 +252,13 @@ bool queue_core::put(std::span<const char> msg, std::optional<clock::time_point>
 asio::awaitable<void> queue_core::async_put(std::shared_ptr<queue_core> self,
                                             std::vector<char> msg) {
     put_op op(*self, msg);
-    while (!op.step())
+    while (!op.step(MSG_DONTWAIT))
         co_await async_wait_fd(op.wait_fd(), op.wait_events() == POLLOUT);
 }
 
-// The next item if one is there now.
-std::optional<std::vector<char>> queue_core::try_get() {
+// The next item: if one is there now (`flags` MSG_DONTWAIT), or waiting for one in recvmsg (0;
+// nullopt only if someone made the socket non-blocking).
+std::optional<std::vector<char>> queue_core::try_get(int flags) {
     thread_local std::vector<char> buf(inline_limit + 1);
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
     iovec iov{buf.data(), buf.size()};
@@ -249,8 +268,14 @@ std::optional<std::vector<char>> queue_core::try_get() {
     m.msg_control = control;
     m.msg_controllen = sizeof control;
     const int fd = this->fd(get_fd_);
+    if (flags == 0 && shared_->count.load(std::memory_order_relaxed) <= 0) {
+        // Empty: about to sleep in recvmsg. First watch for a put for a moment.
+        const std::uint64_t seen = shared_->published.load(std::memory_order_relaxed);
+        spin_until([&] { return shared_->published.load(std::memory_order_acquire) != seen; },
+                   spin_budget);
+    }
     ssize_t n;
-    while ((n = ::recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC)) < 0) {
+    while ((n = ::recvmsg(fd, &m, flags | MSG_CMSG_CLOEXEC)) < 0) {
         if (would_block())
             return std::nullopt;
         if (errno != EINTR)
@@ -283,7 +308,7 @@ std::optional<std::vector<char>> queue_core::try_get() {
 
 std::optional<std::vector<char>> queue_core::get(std::optional<clock::time_point> deadline) {
     for (;;) {
-        if (auto msg = try_get())
+        if (auto msg = try_get(deadline ? MSG_DONTWAIT : 0))
             return msg;
         if (!wait_fd(fd(get_fd_), POLLIN, deadline))
             return std::nullopt;
@@ -292,7 +317,7 @@ std::optional<std::vector<char>> queue_core::get(std::optional<clock::time_point
 
 asio::awaitable<std::vector<char>> queue_core::async_get(std::shared_ptr<queue_core> self) {
     for (;;) {
-        if (auto msg = self->try_get())
+        if (auto msg = self->try_get(MSG_DONTWAIT))
             co_return std::move(*msg);
         co_await async_wait_fd(self->fd(self->get_fd_), false);
     }

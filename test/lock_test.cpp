@@ -73,6 +73,28 @@ void hold_forever(coproc::lock l, coproc::connection<int> ready) {
         pause();
 }
 
+// Uses the lock (caching its pid), then starts a grandchild that takes the lock and is killed:
+// the grandchild must have held it under its own pid, not this process's cached one.
+void grandchild_dies_holding(coproc::lock l) {
+    if (!l.try_acquire())
+        _exit(2);
+    l.release();
+    auto [r, w] = coproc::pipe<int>(false);
+    coproc::process p(hold_forever, l, w);
+    p.start();
+    if (r.recv() != 1)
+        _exit(3);
+    p.kill();
+    p.join();
+    try {
+        l.acquire();
+    } catch (const coproc::owner_died&) {
+        l.release();
+        _exit(0);
+    }
+    _exit(4); // the lock looked held by this process or free: the grandchild's pid was wrong
+}
+
 struct progress {
     int done = 0;
     int ticks = 0;
@@ -224,6 +246,19 @@ TEST_CASE("try_acquire and acquire_for report a dead holder too") {
     CHECK_THROWS_AS(l.acquire_for(10s), coproc::owner_died);
     l.release();
     q.join();
+}
+
+TEST_CASE("each forked process holds the lock under its own pid, grandchildren too") {
+    watchdog dog(30s);
+    coproc::lock l;
+    l.acquire(); // the parent's pid is cached before the fork
+    l.release();
+    coproc::process p(grandchild_dies_holding, l);
+    p.start();
+    p.join();
+    CHECK(p.exitcode() == 0);
+    CHECK(l.try_acquire());
+    l.release();
 }
 
 COPROC_TEST_CASE("1000 coroutines async_acquire while another process holds it; the loop runs") {

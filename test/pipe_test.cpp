@@ -47,6 +47,32 @@ void echo_twice(coproc::connection<int> conn) {
         conn.send(conn.recv() * 2);
 }
 
+// Sizes around the 64 KiB receive buffer and far beyond it (a big one in between small ones).
+std::vector<std::size_t> frame_sizes() {
+    return {0,       1,       7,        8,      9,       65'519,  65'520,
+            65'527,  65'528,  65'529,   65'536, 65'537,  1 << 20, 3,
+            1 << 20, 200'000, 17 << 20, 5,      1 << 20, 100'000, 2};
+}
+std::string pattern(std::size_t size, std::size_t seed) {
+    std::string s(size, '\0');
+    for (std::size_t k = 0; k < size; ++k)
+        s[k] = static_cast<char>(seed * 7 + k * 13 + (k >> 10));
+    return s;
+}
+void send_sizes(coproc::connection<std::string> conn) {
+    std::size_t i = 0;
+    for (const auto size : frame_sizes())
+        conn.send(pattern(size, i++));
+}
+
+// Receives the next message on an end the parent used before; exits 0 if it is 2.
+void expect_two(coproc::connection<int> conn) { _exit(conn.recv() == 2 ? 0 : 1); }
+
+void send_later(coproc::connection<int> conn, int v) {
+    std::this_thread::sleep_for(50ms);
+    conn.send(v);
+}
+
 int send_from_worker(coproc::connection<int> conn, int v) {
     conn.send(v);
     return v;
@@ -165,6 +191,50 @@ COPROC_TEST_CASE("async_send and async_recv on an io_context") {
         [](coproc::connection<std::string> c, std::string s) { return c.async_send(s); }(x, big),
         asio::detached);
     CHECK(co_await y.async_recv() == big);
+}
+
+TEST_CASE("messages of many sizes, around the receive buffer and beyond, arrive whole in order") {
+    watchdog dog(60s);
+    auto [r, w] = coproc::pipe<std::string>(false);
+    coproc::process p(send_sizes, w);
+    p.start();
+    w.close();
+    std::size_t i = 0;
+    for (const auto size : frame_sizes()) {
+        const std::string got = r.recv();
+        CHECK(got.size() == size);
+        CHECK(got == pattern(size, i++));
+    }
+    CHECK_THROWS_AS(r.recv(), coproc::eof_error);
+    p.join();
+    CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("an end changes hands: a child receives what the parent left in it") {
+    watchdog dog(30s);
+    auto [a, b] = coproc::pipe<int>();
+    b.send(1);
+    b.send(2);
+    CHECK(a.recv() == 1);
+    coproc::process p(expect_two, a);
+    p.start();
+    p.join();
+    CHECK(p.exitcode() == 0);
+    b.send(3);
+    CHECK(a.recv() == 3);
+}
+
+COPROC_TEST_CASE("blocking calls work on an end after an async wait on it") {
+    auto [a, b] = coproc::pipe<int>();
+    coproc::process p(send_later, b, 5);
+    p.start();
+    CHECK(co_await a.async_recv() == 5); // waits: the child sends after 50 ms
+    co_await p.async_join();
+    b.send(6);
+    CHECK(a.recv() == 6);
+    a.send(7);
+    CHECK(b.recv() == 7);
+    CHECK_FALSE(a.poll(10ms));
 }
 
 TEST_CASE("a connection made before the pool reaches its tasks") {

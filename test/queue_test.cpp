@@ -6,6 +6,7 @@
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
+#include <asio/io_context.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 
@@ -77,6 +78,11 @@ void work_and_mark(coproc::joinable_queue<int> q, int* sum) {
         __atomic_fetch_add(sum, v, __ATOMIC_RELAXED);
     }
     q.task_done();
+}
+
+void put_later(coproc::queue<int> q, int v) {
+    std::this_thread::sleep_for(50ms);
+    q.put(v);
 }
 
 int put_from_worker(coproc::queue<int> q, int v) {
@@ -252,6 +258,36 @@ COPROC_TEST_CASE("joinable_queue: async_join resumes when the last item is done"
     q.put(-1);
     co_await w.async_join();
     munmap(sum, sizeof(int));
+}
+
+TEST_CASE("get waits for a put made later by another process; async and blocking mix") {
+    watchdog dog(30s);
+    coproc::queue<int> q;
+    coproc::process p(put_later, q, 1);
+    p.start();
+    CHECK(q.get() == 1); // spins briefly, then sleeps in recvmsg until the put
+    p.join();
+    asio::io_context io;
+    asio::co_spawn(
+        io, [](coproc::queue<int> q) -> asio::awaitable<void> { co_await q.async_put(2); }(q),
+        asio::detached);
+    io.run();
+    CHECK(q.get() == 2);
+    coproc::process p2(put_later, q, 3);
+    p2.start();
+    std::optional<int> got;
+    asio::co_spawn(
+        io,
+        [](coproc::queue<int> q, std::optional<int>* got) -> asio::awaitable<void> {
+            *got = co_await q.async_get(); // waits on the event loop
+        }(q, &got),
+        asio::detached);
+    io.restart();
+    io.run();
+    CHECK(got == 3);
+    p2.join();
+    q.put(4);
+    CHECK(q.get() == 4); // blocking again after the async wait
 }
 
 TEST_CASE("close, then use, is an error; copies share the queue") {

@@ -16,8 +16,9 @@
 // the other end is gone. As in Python, the parent should close() its copy of the child's end
 // after starting the child, or it keeps that end open itself.
 //
-// One sender and one receiver at a time per end (as in Python): concurrent sends or recvs on
-// the same end, or an async_recv abandoned mid-message, interleave frames.
+// One sender and one receiver at a time per end (as in Python): concurrent sends or recvs on the
+// same end may interleave frames. An end may change hands between processes; an async_recv
+// abandoned mid-message leaves its part for the next recv on that end in the same process.
 #pragma once
 
 #include <coproc/detail/handle.hpp>
@@ -39,13 +40,20 @@ namespace coproc {
 
 namespace detail {
 
-/// One end of a pipe: a socket and which ways it may be used.
+struct conn_rx;
+
+/// One end of a pipe: a socket, which ways it may be used, the frame being received, and
+/// counters shared with the other end (see pipe.cpp).
 class conn_core final : public registered {
   public:
-    conn_core(int fd, bool readable, bool writable) noexcept;
+    /// Owns `fd` from the start. `rx`: this end's receive state (null if it only sends), `peer_rx`
+    /// the other end's (null if this end only receives), both in `shared`.
+    conn_core(int fd, bool readable, bool writable, std::shared_ptr<void> shared, conn_rx* rx,
+              conn_rx* peer_rx) noexcept;
     ~conn_core();
     void send(std::span<const std::byte> payload);
-    std::vector<std::byte> recv();
+    /// The next message; valid until the next receive on this end in this process.
+    std::span<const char> recv();
     bool poll(clock::time_point deadline);
     void close() noexcept;
     static asio::awaitable<void> async_send(std::shared_ptr<conn_core> self,
@@ -54,8 +62,19 @@ class conn_core final : public registered {
 
   private:
     int fd_for(bool write) const;
+    std::optional<std::span<const char>> recv_step(int fd, int flags);
     std::atomic<int> fd_;
     const bool readable_, writable_;
+    std::shared_ptr<void> shared_;
+    conn_rx* const rx_;
+    conn_rx* const peer_rx_;
+    // The frame being received: bytes [begin_, end_) of data_ (64 KiB, made on first use).
+    std::unique_ptr<char[]> data_;
+    std::uint32_t begin_ = 0, end_ = 0;
+    // A message too big for data_ is received here.
+    std::unique_ptr<char[]> big_;
+    std::size_t big_capacity_ = 0, big_size_ = 0, big_got_ = 0;
+    bool big_pending_ = false;
 };
 
 std::pair<std::shared_ptr<conn_core>, std::shared_ptr<conn_core>> make_pipe(bool duplex);
@@ -64,9 +83,9 @@ inline std::span<const char> as_chars(const std::vector<std::byte>& v) noexcept 
     return {reinterpret_cast<const char*>(v.data()), v.size()};
 }
 
-template <class T> T decode(const std::vector<std::byte>& bytes) {
+template <class T> T decode(std::span<const char> bytes) {
     T v{};
-    deserialize_from(as_chars(bytes), v);
+    deserialize_from(bytes, v);
     return v;
 }
 
@@ -103,7 +122,10 @@ template <class T> class connection {
     /// Sends raw bytes as one message (read with recv_bytes()).
     void send_bytes(std::span<const std::byte> bytes) { core().send(bytes); }
     /// Receives one message as raw bytes.
-    std::vector<std::byte> recv_bytes() { return core().recv(); }
+    std::vector<std::byte> recv_bytes() {
+        const auto msg = std::as_bytes(core().recv());
+        return {msg.begin(), msg.end()};
+    }
 
     /// send() without blocking the event-loop thread. Resumes on the awaiting coroutine's
     /// executor.
@@ -141,7 +163,8 @@ template <class T> class connection {
     }
     detail::conn_core& core() const { return *core_ptr(); }
     static asio::awaitable<T> async_recv_impl(std::shared_ptr<detail::conn_core> c) {
-        co_return detail::decode<T>(co_await detail::conn_core::async_recv(std::move(c)));
+        co_return detail::decode<T>(
+            detail::as_chars(co_await detail::conn_core::async_recv(std::move(c))));
     }
 
     std::shared_ptr<detail::conn_core> core_;

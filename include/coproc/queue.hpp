@@ -61,7 +61,7 @@ class queue_core final : public registered {
   private:
     friend class put_op;
     int fd(const std::atomic<int>& f) const;
-    std::optional<std::vector<char>> try_get();
+    std::optional<std::vector<char>> try_get(int flags);
 
     const std::size_t maxsize_;
     std::atomic<int> put_fd_{-1}, get_fd_{-1}, slots_fd_{-1};
