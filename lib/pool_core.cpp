@@ -5,6 +5,7 @@
 // callback may call back into the pool. fork() is never called with the mutex held.
 #include "transport.hpp"
 #include "worker.hpp"
+#include "zygote.hpp"
 
 #include <coproc/detail/handler_slot.hpp>
 #include <coproc/detail/pool_core.hpp>
@@ -25,6 +26,8 @@
 #include <csignal>
 #include <cstring>
 #include <deque>
+#include <fcntl.h>
+#include <map>
 #include <list>
 #include <mutex>
 #include <string>
@@ -33,6 +36,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <system_error>
+#include <tuple>
 #include <unistd.h>
 
 namespace coproc::detail {
@@ -50,7 +54,6 @@ using socket_t = asio::local::stream_protocol::socket;
 
 constexpr std::size_t small_frame = 8 * 1024; // copied together into one write buffer
 constexpr auto exit_grace = std::chrono::milliseconds(200);
-constexpr int socket_buffer = 1 << 20;
 
 std::system_error os_error(const char* what) {
     return std::system_error(errno, std::system_category(), what);
@@ -91,6 +94,7 @@ struct worker_proc {
     bool exited = false;
     bool finalized = false;
     bool timed_out = false;
+    bool from_zygote = false; // its exit is reported by the fork server, not by our pidfd
     std::string protocol_error;
     std::vector<job_ptr> parked; // failed jobs whose frames the write in progress still reads
 
@@ -137,6 +141,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
 
     void start() {
         try {
+            start_zygote();
             for (std::size_t i = 0; i < opt_.processes; ++i) {
                 {
                     std::lock_guard lk(mu_);
@@ -149,6 +154,24 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             shutdown();
             throw;
         }
+    }
+
+    // Workers are forked by a single-threaded fork server made now, never by this (possibly
+    // multi-threaded) process; if it cannot be made, workers are forked here instead.
+    void start_zygote() {
+        try {
+            zygote_ = std::make_shared<zygote>(slots_, cfg_);
+            const int ev = ::fcntl(zygote_->events_fd(), F_DUPFD_CLOEXEC, 0);
+            if (ev < 0)
+                throw os_error("dup of the fork server's event socket failed");
+            zygote_events_ = std::make_unique<asio::posix::stream_descriptor>(ex_, ev);
+        } catch (const std::exception&) {
+            zygote_events_.reset();
+            zygote_.reset();
+            return;
+        }
+        std::lock_guard lk(mu_);
+        start_events();
     }
 
     // ---------------------------------------------------------------- submission
@@ -225,7 +248,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                     failed.push_back({std::move(j), closed(), w->writing ? w : nullptr});
                 w->inflight.clear();
                 w->to_send.clear();
-                ::kill(w->pid, SIGKILL);
+                kill_worker(*w);
             }
             if (timer_)
                 timer_->cancel();
@@ -240,6 +263,10 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             throw error("pool::join() called on a running pool: call close() or terminate() "
                         "first");
         join_cv_.wait(lk, [&] { return finished_locked(); });
+        if (auto z = zygote_) { // its workers are gone: so is the fork server when join returns
+            lk.unlock();
+            z->stop();
+        }
     }
 
     asio::awaitable<void> async_join() override {
@@ -265,19 +292,24 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         std::unique_lock lk(mu_);
         join_cv_.wait(lk, [&] { return spawning_ == 0; });
         for (auto& w : workers_) {
-            if (!w->exited) {
+            if (!w->exited && !w->from_zygote) {
                 int st = 0;
                 while (::waitpid(w->pid, &st, 0) < 0 && errno == EINTR) {
                 }
-                w->exited = true;
             }
+            w->exited = true;
             release_io(*w);
             w->finalized = true;
         }
         workers_.clear();
         timer_.reset();
+        zygote_events_.reset();
+        auto z = zygote_;
         post_join_waiters();
         join_cv_.notify_all();
+        lk.unlock();
+        if (z)
+            z->stop(); // kills and reaps what is left of its workers, then is reaped
     }
 
     std::size_t size() const noexcept override { return opt_.processes; }
@@ -344,14 +376,72 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             }
             slots_[slot].task_id.store(0);
         }
+        pid_t pid = -1;
+        int fd = -1;
+        std::shared_ptr<zygote> z;
+        {
+            std::lock_guard lk(mu_);
+            if (!zygote_lost_)
+                z = zygote_;
+        }
+        if (z) {
+            try {
+                const auto s = z->spawn(slot);
+                pid = s.pid;
+                fd = s.fd;
+            } catch (const std::system_error&) {
+                std::lock_guard lk(mu_);
+                zygote_lost_ = true; // fork here from now on
+            }
+        }
+        const bool from_zygote = pid > 0;
+        if (!from_zygote)
+            std::tie(pid, fd) = fork_worker(slot, std::move(cfg));
+        const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        if (pfd < 0 && !from_zygote) {
+            const auto e = os_error("pidfd_open of a pool worker failed (Linux >= 5.3 needed)");
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+            ::close(fd);
+            throw e;
+        }
+        auto w = std::make_shared<worker_proc>();
+        w->pid = pid;
+        w->slot = slot;
+        w->from_zygote = from_zygote;
+        w->sock = std::make_unique<socket_t>(ex_, asio::local::stream_protocol(), fd);
+        if (pfd >= 0) // a zygote's worker may already be gone: its exit event tells
+            w->pidfd = std::make_unique<asio::posix::stream_descriptor>(ex_, pfd);
+        std::vector<failure> failed;
+        std::optional<std::size_t> replace;
+        {
+            std::lock_guard lk(mu_);
+            workers_.push_back(w);
+            if (state_ == run_state::terminated)
+                kill_worker(*w);
+            start_read(w);
+            if (!from_zygote)
+                start_wait(w);
+            else if (auto it = early_exits_.find(pid); it != early_exits_.end()) {
+                const int st = it->second;
+                early_exits_.erase(it);
+                note_exit(w, st, failed, replace);
+            }
+            pump();
+        }
+        run(failed);
+        if (replace)
+            respawn(*replace);
+    }
+
+    // The fallback: fork a worker from this process. Returns its pid and our socket end.
+    std::pair<pid_t, int> fork_worker(std::size_t slot, worker_config cfg) {
         int sv[2];
         if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
             throw os_error("socketpair for a pool worker failed");
         cfg.close_fds.push_back(sv[0]);
-        for (int fd : sv) { // fewer wake-ups per large argument or result
-            ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &socket_buffer, sizeof socket_buffer);
-            ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &socket_buffer, sizeof socket_buffer);
-        }
+        tune_worker_socket(sv[0]);
+        tune_worker_socket(sv[1]);
         const pid_t pid = ::fork();
         if (pid < 0) {
             const auto e = os_error("fork of a pool worker failed");
@@ -362,26 +452,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         if (pid == 0)
             worker_main(sv[1], &slots_[slot], cfg);
         ::close(sv[1]);
-        const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-        if (pfd < 0) {
-            const auto e = os_error("pidfd_open of a pool worker failed (Linux >= 5.3 needed)");
-            ::kill(pid, SIGKILL);
-            ::waitpid(pid, nullptr, 0);
-            ::close(sv[0]);
-            throw e;
-        }
-        auto w = std::make_shared<worker_proc>();
-        w->pid = pid;
-        w->slot = slot;
-        w->sock = std::make_unique<socket_t>(ex_, asio::local::stream_protocol(), sv[0]);
-        w->pidfd = std::make_unique<asio::posix::stream_descriptor>(ex_, pfd);
-        std::lock_guard lk(mu_);
-        workers_.push_back(w);
-        if (state_ == run_state::terminated)
-            ::kill(pid, SIGKILL);
-        start_read(w);
-        start_wait(w);
-        pump();
+        return {pid, sv[0]};
     }
 
     // A replacement for a worker that left `slot`; never throws into the event loop.
@@ -444,7 +515,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                     // A worker that speaks garbage is killed; its tasks fail or move on.
                     w->protocol_error = e.what();
                     w->eof = true;
-                    ::kill(w->pid, SIGKILL);
+                    kill_worker(*w);
                 }
                 pump();
             }
@@ -485,7 +556,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                     failed.push_back({std::move(j), broken_, other->writing ? other : nullptr});
                 other->inflight.clear();
                 other->to_send.clear();
-                ::kill(other->pid, SIGKILL);
+                kill_worker(*other);
             }
             return;
         }
@@ -507,23 +578,77 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                 start_wait(w);
                 return;
             }
-            w->exited = true;
-            w->status = st;
-            if (w->eof) {
-                finalize(w, failed, replace);
-            } else {
-                // Its replies are still being read; EOF follows unless a grandchild holds
-                // the socket open, in which case the grace timer ends the wait.
-                w->grace = std::make_unique<asio::steady_timer>(ex_, exit_grace);
-                w->grace->async_wait([self = shared_from_this(), w](std::error_code ec) {
-                    if (!ec)
-                        self->on_grace(w);
-                });
-            }
+            note_exit(w, st, failed, replace);
         }
         run(failed);
         if (replace)
             respawn(*replace);
+    }
+
+    // The zygote reports the exits of the workers it forked (it is their parent).
+    void start_events() {
+        if (!zygote_events_)
+            return;
+        zygote_events_->async_read_some(
+            asio::buffer(&event_, sizeof event_),
+            [self = shared_from_this()](std::error_code ec, std::size_t n) {
+                self->on_event(ec, n);
+            });
+    }
+
+    void on_event(std::error_code ec, std::size_t n) {
+        std::vector<failure> failed;
+        std::vector<std::size_t> replace;
+        {
+            std::lock_guard lk(mu_);
+            if (!zygote_events_)
+                return;
+            if (ec || n != sizeof event_) {
+                // The fork server is gone (killed?), and its workers with it (PDEATHSIG).
+                zygote_lost_ = true;
+                zygote_events_.reset();
+                for (auto w : std::vector<worker_ptr>(workers_))
+                    if (w->from_zygote && !w->exited) {
+                        std::optional<std::size_t> r;
+                        note_exit(w, SIGKILL, failed, r); // as if killed: it was
+                        if (r)
+                            replace.push_back(*r);
+                    }
+            } else {
+                const auto it = std::find_if(workers_.begin(), workers_.end(), [&](const auto& w) {
+                    return w->pid == event_.pid && w->from_zygote;
+                });
+                std::optional<std::size_t> r;
+                if (it == workers_.end())
+                    early_exits_[event_.pid] = event_.status; // spawn() has not seen it yet
+                else if (worker_ptr w = *it; !w->exited) // a copy: finalize() erases *it
+                    note_exit(w, event_.status, failed, r);
+                if (r)
+                    replace.push_back(*r);
+                start_events();
+            }
+        }
+        run(failed);
+        for (auto slot : replace)
+            respawn(slot);
+    }
+
+    // Worker `w` has exited with wait status `st`: finalize once its replies are read.
+    void note_exit(const worker_ptr& w, int st, std::vector<failure>& failed,
+                   std::optional<std::size_t>& replace) {
+        w->exited = true;
+        w->status = st;
+        if (w->eof) {
+            finalize(w, failed, replace);
+        } else {
+            // Its replies are still being read; EOF follows unless a grandchild holds the
+            // socket open, in which case the grace timer ends the wait.
+            w->grace = std::make_unique<asio::steady_timer>(ex_, exit_grace);
+            w->grace->async_wait([self = shared_from_this(), w](std::error_code ec) {
+                if (!ec)
+                    self->on_grace(w);
+            });
+        }
     }
 
     void on_grace(const worker_ptr& w) {
@@ -590,9 +715,27 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         }
         pump();
         if (finished_locked()) {
+            if (state_ != run_state::running)
+                retire_zygote(); // before the join waiters, so it is done when they resume
             post_join_waiters();
             join_cv_.notify_all();
         }
+    }
+
+    // A closed pool whose workers are all gone forks no more: stop the fork server, so that
+    // nothing of the pool keeps a caller's io_context running.
+    void retire_zygote() {
+        zygote_events_.reset();
+        if (zygote_)
+            asio::post(ex_, [z = zygote_] { z->stop(); }); // a blocking waitpid: not under mu_
+    }
+
+    // Signals through the pidfd where there is one, so a recycled pid is never hit.
+    static void kill_worker(worker_proc& w) noexcept {
+        if (w.pidfd)
+            ::syscall(SYS_pidfd_send_signal, w.pidfd->native_handle(), SIGKILL, nullptr, 0);
+        else if (w.pid > 0 && !w.exited)
+            ::kill(w.pid, SIGKILL);
     }
 
     void release_io(worker_proc& w) {
@@ -751,7 +894,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             }
             if (stuck) {
                 w->timed_out = true;
-                ::kill(w->pid, SIGKILL);
+                kill_worker(*w);
             }
         }
         arm_timer();
@@ -804,6 +947,11 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     std::unique_ptr<asio::steady_timer> timer_;
     bool timer_armed_ = false;
     std::list<handler_slot> join_waiters_;
+    std::shared_ptr<zygote> zygote_; // reset once a closed pool's workers are all gone
+    std::unique_ptr<asio::posix::stream_descriptor> zygote_events_;
+    zygote::exit_event event_{};
+    std::map<pid_t, int> early_exits_; // exits reported before spawn() registered the worker
+    bool zygote_lost_ = false;
 };
 
 } // namespace

@@ -1,0 +1,234 @@
+// The fork server of a pool (see zygote.hpp).
+#include "zygote.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <deque>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <system_error>
+#include <unistd.h>
+#include <vector>
+
+namespace coproc::detail {
+
+namespace {
+
+struct spawn_reply {
+    pid_t pid; // -1 if the fork failed
+    int err;   // errno of the failure
+};
+
+std::system_error os_error(int err, const char* what) {
+    return std::system_error(err, std::system_category(), what);
+}
+
+ssize_t send_fd(int sock, const spawn_reply& r, int fd) {
+    iovec iov{const_cast<spawn_reply*>(&r), sizeof r};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    if (fd >= 0) {
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        cmsghdr* c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    ssize_t n;
+    do
+        n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n;
+}
+
+// The zygote's life: fork workers on request, reap them, report their exits.
+[[noreturn]] void serve(int requests, int events, worker_slot* slots,
+                        const worker_config& cfg) noexcept {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != cfg.parent)
+        _exit(0);
+    reset_child_state();
+    const pid_t self = ::getpid(); // the parent its workers check for
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, nullptr);
+    const int sfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0)
+        _exit(71);
+
+    std::vector<pid_t> children;
+    std::deque<zygote::exit_event> unsent;
+    auto reap = [&] {
+        signalfd_siginfo info;
+        while (::read(sfd, &info, sizeof info) > 0) {
+        }
+        int st = 0;
+        for (pid_t p; (p = ::waitpid(-1, &st, WNOHANG)) > 0;) {
+            std::erase(children, p);
+            unsent.push_back({p, st});
+        }
+    };
+    auto flush = [&] {
+        while (!unsent.empty()) {
+            const auto& e = unsent.front();
+            if (::send(events, &e, sizeof e, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN)
+                    return; // the parent is behind: retry when writable
+                unsent.clear(); // the parent is gone
+                return;
+            }
+            unsent.pop_front();
+        }
+    };
+
+    for (;;) {
+        pollfd fds[3] = {{requests, POLLIN, 0}, {sfd, POLLIN, 0}, {events, POLLOUT, 0}};
+        if (::poll(fds, unsent.empty() ? 2 : 3, -1) < 0 && errno != EINTR)
+            break;
+        if (fds[1].revents & POLLIN)
+            reap();
+        flush();
+        if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR)))
+            continue;
+        std::uint32_t slot = 0;
+        const ssize_t n = ::recv(requests, &slot, sizeof slot, 0);
+        if (n == 0 || (n < 0 && errno != EINTR))
+            break; // the pool stopped us, or is gone
+        if (n != sizeof slot)
+            continue;
+        int sv[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+            send_fd(requests, {-1, errno}, -1);
+            continue;
+        }
+        tune_worker_socket(sv[0]);
+        tune_worker_socket(sv[1]);
+        const pid_t pid = ::fork();
+        if (pid == 0) {
+            worker_config mine = cfg;
+            mine.parent = self;
+            mine.close_fds = {requests, events, sfd, sv[0]};
+            worker_main(sv[1], &slots[slot], mine);
+        }
+        const int err = errno;
+        ::close(sv[1]);
+        if (pid < 0) {
+            ::close(sv[0]);
+            send_fd(requests, {-1, err}, -1);
+            continue;
+        }
+        children.push_back(pid);
+        send_fd(requests, {pid, 0}, sv[0]);
+        ::close(sv[0]);
+    }
+    // Stopped: no worker outlives its zygote.
+    for (pid_t c : children)
+        ::kill(c, SIGKILL);
+    for (pid_t c : children)
+        while (::waitpid(c, nullptr, 0) < 0 && errno == EINTR) {
+        }
+    _exit(0);
+}
+
+} // namespace
+
+zygote::zygote(worker_slot* slots, const worker_config& cfg) {
+    int req[2], ev[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, req) != 0)
+        throw os_error(errno, "socketpair for the pool's fork server failed");
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ev) != 0) {
+        const int err = errno;
+        ::close(req[0]);
+        ::close(req[1]);
+        throw os_error(err, "socketpair for the pool's fork server failed");
+    }
+    pid_ = ::fork();
+    if (pid_ == 0) {
+        ::close(req[0]);
+        ::close(ev[0]);
+        serve(req[1], ev[1], slots, cfg);
+    }
+    const int err = errno;
+    ::close(req[1]);
+    ::close(ev[1]);
+    requests_ = req[0];
+    events_ = ev[0];
+    if (pid_ < 0) {
+        ::close(requests_);
+        ::close(events_);
+        throw os_error(err, "fork of the pool's fork server failed");
+    }
+}
+
+zygote::~zygote() { stop(); }
+
+zygote::spawned zygote::spawn(std::size_t slot) {
+    std::lock_guard lk(m_);
+    if (requests_ < 0)
+        throw os_error(ESRCH, "the pool's fork server has stopped");
+    const auto s = static_cast<std::uint32_t>(slot);
+    ssize_t n;
+    do
+        n = ::send(requests_, &s, sizeof s, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n != sizeof s)
+        throw os_error(n < 0 ? errno : EPIPE, "the pool's fork server does not answer");
+
+    spawn_reply r{};
+    iovec iov{&r, sizeof r};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    do
+        n = ::recvmsg(requests_, &msg, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n != sizeof r)
+        throw os_error(n < 0 ? errno : EPIPE, "the pool's fork server died");
+    int fd = -1;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    if (r.pid < 0 || fd < 0) {
+        if (fd >= 0)
+            ::close(fd);
+        throw os_error(r.err ? r.err : EPROTO, "the pool's fork server could not fork a worker");
+    }
+    return {r.pid, fd};
+}
+
+void zygote::stop() noexcept {
+    std::lock_guard lk(m_);
+    if (requests_ >= 0) {
+        // shutdown(), not just close(): a fork server made later for another pool inherited a
+        // copy of this descriptor, and EOF must reach ours all the same.
+        ::shutdown(requests_, SHUT_RDWR); // the zygote kills and reaps its workers, then exits
+        ::close(requests_);
+        requests_ = -1;
+    }
+    if (events_ >= 0) {
+        ::close(events_);
+        events_ = -1;
+    }
+    if (pid_ > 0) {
+        while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+        }
+        pid_ = -1;
+    }
+}
+
+} // namespace coproc::detail
