@@ -116,6 +116,18 @@ TEST_CASE("a truncated or overlong payload is a clear error") {
     CHECK(i == 42);
 }
 
+TEST_CASE("a bool that is neither 0 nor 1 is a clear error, not undefined behaviour") {
+    const std::vector<char> bytes{17};
+    bool b = false;
+    CHECK_THROWS_WITH_AS(coproc::deserialize_from(bytes, b), doctest::Contains("not 0 or 1"),
+                         coproc::error);
+    std::optional<int> o;
+    CHECK_THROWS_AS(coproc::deserialize_from(bytes, o), coproc::error);
+    const std::vector<char> one{0, 7, 0, 0, 0}; // cereal writes "nullopt" = false, then the value
+    coproc::deserialize_from(one, o);
+    CHECK(o == 7);
+}
+
 TEST_CASE("a malformed exception payload names its task") {
     const std::vector<char> junk{1, 2, 3};
     auto e = coproc::detail::decode_exception(junk, "task 9 (int (*)(int))");

@@ -20,12 +20,14 @@ coproc_install_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# coproc_build DIR [meson setup options...]: configure DIR once, then build it.
+# coproc_build DIR [meson setup options...]: configure DIR once, then build it (only the
+# targets in $COPROC_TARGETS when set).
 coproc_build() {
     local dir=$1
     shift
     if [ ! -f "$dir/build.ninja" ]; then
         CXX=${CXX:-g++} meson setup "$dir" "$@" >/dev/null
     fi
-    ninja -C "$dir" | tail -n 1
+    # shellcheck disable=SC2086
+    ninja -C "$dir" ${COPROC_TARGETS:-} | tail -n 1
 }

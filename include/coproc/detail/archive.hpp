@@ -3,7 +3,8 @@
 // cereal::BinaryInputArchive trusts length prefixes: a forged prefix of 2^33 makes a string
 // allocate 8 GiB before the read fails. This archive reads the same format but refuses a
 // length prefix larger than the bytes left in the message (every element of a container
-// takes at least one byte, except empty types such as std::monostate).
+// takes at least one byte, except empty types such as std::monostate), and a bool that is
+// neither 0 nor 1.
 #pragma once
 
 #include <cereal/archives/binary.hpp>
@@ -38,9 +39,18 @@ class checked_input_archive
 };
 
 template <class T>
-std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar,
-                                                                     T& t) {
+std::enable_if_t<std::is_arithmetic_v<T> && !std::is_same_v<T, bool>>
+CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, T& t) {
     ar.loadBinary(std::addressof(t), sizeof(t));
+}
+
+/// A bool is one byte that must be 0 or 1: any other value would be undefined behaviour.
+inline void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, bool& b) {
+    unsigned char byte = 0;
+    ar.loadBinary(&byte, 1);
+    if (byte > 1)
+        throw cereal::Exception("a bool holds " + std::to_string(byte) + ", not 0 or 1");
+    b = byte != 0;
 }
 
 template <class T>
