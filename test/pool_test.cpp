@@ -254,12 +254,16 @@ TEST_CASE("terminate() while large arguments are being written neither crashes n
     watchdog dog(30s);
     const std::vector<int> big(1 << 20, 1); // 4 MiB per request: written in many rounds
     for (int round = 0; round < 5; ++round) {
-        coproc::pool pool(2);
+        coproc::pool pool(1);
+        // The one worker is busy for long, so the large requests behind it are still queued or
+        // half written when terminate() comes.
+        auto busy = pool.apply_async(tasks::sleep_ms, {10'000});
         std::vector<coproc::async_result<int>> rs;
         for (int i = 0; i < 6; ++i)
             rs.push_back(pool.apply_async(tasks::sum, {big}));
         std::this_thread::sleep_for(std::chrono::milliseconds(round));
         pool.terminate();
+        CHECK_THROWS_AS(busy.get(), coproc::pool_closed);
         int closed = 0;
         for (auto& r : rs) {
             try {
@@ -269,7 +273,7 @@ TEST_CASE("terminate() while large arguments are being written neither crashes n
                 ++closed;
             }
         }
-        CHECK(closed > 0);
+        CHECK(closed == 6);
         pool.join();
     }
 }
