@@ -23,18 +23,8 @@ using tasks::point;
 
 namespace {
 
-std::vector<int> iota(int n) {
-    std::vector<int> v(static_cast<std::size_t>(n));
-    std::iota(v.begin(), v.end(), 0);
-    return v;
-}
-
-std::vector<int> squares(int n) {
-    std::vector<int> v;
-    for (int i = 0; i < n; ++i)
-        v.push_back(i * i);
-    return v;
-}
+using tasks::iota;
+using tasks::squares;
 
 template <class T> asio::awaitable<std::vector<T>> drain(coproc::async_generator<T> g) {
     std::vector<T> out;

@@ -66,18 +66,8 @@ int hang_at_3(int x) {
 
 void throwing_init() { throw std::runtime_error("the initializer broke"); }
 
-std::vector<int> iota(int n) {
-    std::vector<int> v(static_cast<std::size_t>(n));
-    std::iota(v.begin(), v.end(), 0);
-    return v;
-}
-
-std::vector<int> squares(int n) {
-    std::vector<int> v;
-    for (int i = 0; i < n; ++i)
-        v.push_back(i * i);
-    return v;
-}
+using tasks::iota;
+using tasks::squares;
 
 /// Calls `f` and returns the exception of type E it threw (a failed check if it threw none).
 template <class E, class F> std::optional<E> thrown(F&& f) {

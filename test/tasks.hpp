@@ -9,6 +9,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <sys/resource.h>
@@ -79,6 +80,21 @@ inline void nothing() {}
 inline void no_core_dumps() {
     const rlimit none{0, 0};
     ::setrlimit(RLIMIT_CORE, &none);
+}
+
+/// 0, 1, ..., n - 1.
+inline std::vector<int> iota(int n) {
+    std::vector<int> v(static_cast<std::size_t>(n));
+    std::iota(v.begin(), v.end(), 0);
+    return v;
+}
+
+/// 0, 1, 4, ..., (n - 1)^2.
+inline std::vector<int> squares(int n) {
+    std::vector<int> v;
+    for (int i = 0; i < n; ++i)
+        v.push_back(i * i);
+    return v;
 }
 
 } // namespace tasks
