@@ -163,20 +163,27 @@ void apply_async_throughput() {
          s == sum_sq(static_cast<std::int64_t>(n)));
 }
 
+// Runs `body` with a warmed-up 2-worker pool on a fresh io_context, then closes and joins it.
+void with_warm_pool(std::function<asio::awaitable<void>(coproc::pool&)> body) {
+    run_on_loop([&](asio::io_context& io) -> asio::awaitable<void> {
+        coproc::pool p(io.get_executor(), {.processes = W});
+        co_await p.apply(square, 1);
+        co_await body(p);
+        p.close();
+        co_await p.async_join();
+    });
+}
+
 // map over range(n) with `chunksize` (0: default) from a coroutine on the caller's loop.
 void map_range(const char* name, std::size_t n, std::size_t chunksize) {
     bool ok = false;
     double dt = 0;
-    run_on_loop([&](asio::io_context& io) -> asio::awaitable<void> {
-        coproc::pool p(io.get_executor(), {.processes = W});
-        co_await p.apply(square, 1);
+    with_warm_pool([&](coproc::pool& p) -> asio::awaitable<void> {
         const auto t0 = clock::now();
         auto r = co_await p.map(square, std::views::iota(std::int64_t{0}, std::int64_t(n)),
                                 chunksize);
         dt = seconds_since(t0);
         ok = r.size() == n && sum(r) == sum_sq(static_cast<std::int64_t>(n));
-        p.close();
-        co_await p.async_join();
     });
     emit(name, static_cast<double>(n) / dt, "items/s", n, ok);
 }
@@ -188,9 +195,7 @@ void imap_workload(const char* name, bool ordered) {
     const std::size_t n = n_of(200'000);
     bool ok = true;
     double dt = 0;
-    run_on_loop([&](asio::io_context& io) -> asio::awaitable<void> {
-        coproc::pool p(io.get_executor(), {.processes = W});
-        co_await p.apply(square, 1);
+    with_warm_pool([&](coproc::pool& p) -> asio::awaitable<void> {
         const auto t0 = clock::now();
         auto items = std::views::iota(std::int64_t{0}, std::int64_t(n));
         auto gen = ordered ? p.imap(square, items) : p.imap_unordered(square, items);
@@ -203,8 +208,6 @@ void imap_workload(const char* name, bool ordered) {
         }
         dt = seconds_since(t0);
         ok &= i == std::int64_t(n) && s == sum_sq(std::int64_t(n));
-        p.close();
-        co_await p.async_join();
     });
     emit(name, static_cast<double>(n) / dt, "items/s", n, ok);
 }
@@ -219,15 +222,11 @@ void starmap_small() {
         args[i] = {std::int64_t(i), std::int64_t(i) + 1};
     bool ok = false;
     double dt = 0;
-    run_on_loop([&](asio::io_context& io) -> asio::awaitable<void> {
-        coproc::pool p(io.get_executor(), {.processes = W});
-        co_await p.apply(square, 1);
+    with_warm_pool([&](coproc::pool& p) -> asio::awaitable<void> {
         const auto t0 = clock::now();
         auto r = co_await p.starmap(add, args);
         dt = seconds_since(t0);
         ok = r.size() == n && sum(r) == std::int64_t(n) * std::int64_t(n);
-        p.close();
-        co_await p.async_join();
     });
     emit("starmap_small", static_cast<double>(n) / dt, "items/s", n, ok);
 }
@@ -240,15 +239,11 @@ void map_large_args() {
         blobs.emplace_back(MiB, static_cast<std::uint8_t>(i % 256));
     bool ok = false;
     double dt = 0;
-    run_on_loop([&](asio::io_context& io) -> asio::awaitable<void> {
-        coproc::pool p(io.get_executor(), {.processes = W});
-        co_await p.apply(square, 1);
+    with_warm_pool([&](coproc::pool& p) -> asio::awaitable<void> {
         const auto t0 = clock::now();
         auto r = co_await p.map(length, blobs, 1);
         dt = seconds_since(t0);
         ok = r.size() == n && std::ranges::all_of(r, [](auto x) { return x == MiB; });
-        p.close();
-        co_await p.async_join();
     });
     emit("map_large_args", double(n * MiB) / 1e6 / dt, "MB/s", n, ok);
 }
@@ -257,17 +252,13 @@ void map_large_results() {
     const std::size_t n = n_of(512);
     bool ok = true;
     double dt = 0;
-    run_on_loop([&](asio::io_context& io) -> asio::awaitable<void> {
-        coproc::pool p(io.get_executor(), {.processes = W});
-        co_await p.apply(square, 1);
+    with_warm_pool([&](coproc::pool& p) -> asio::awaitable<void> {
         const auto t0 = clock::now();
         auto r = co_await p.map(make_blob, std::views::iota(std::int64_t{0}, std::int64_t(n)), 1);
         dt = seconds_since(t0);
         ok = r.size() == n;
         for (std::size_t i = 0; ok && i < n; ++i)
             ok = r[i].size() == MiB && r[i][0] == i % 256;
-        p.close();
-        co_await p.async_join();
     });
     emit("map_large_results", double(n * MiB) / 1e6 / dt, "MB/s", n, ok);
 }
