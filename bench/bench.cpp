@@ -180,8 +180,8 @@ void map_range(const char* name, std::size_t n, std::size_t chunksize) {
     double dt = 0;
     with_warm_pool([&](coproc::pool& p) -> asio::awaitable<void> {
         const auto t0 = clock::now();
-        auto r = co_await p.map(square, std::views::iota(std::int64_t{0}, std::int64_t(n)),
-                                chunksize);
+        auto r =
+            co_await p.map(square, std::views::iota(std::int64_t{0}, std::int64_t(n)), chunksize);
         dt = seconds_since(t0);
         ok = r.size() == n && sum(r) == sum_sq(static_cast<std::int64_t>(n));
     });
