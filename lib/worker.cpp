@@ -2,7 +2,6 @@
 #include "worker.hpp"
 
 #include "transport.hpp"
-
 #include <coproc/detail/function_id.hpp>
 #include <coproc/detail/wire.hpp>
 
@@ -12,9 +11,14 @@
 #include <cstring>
 #include <ctime>
 #include <link.h>
+#include <mutex>
+#include <pthread.h>
 #include <stdio_ext.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <system_error>
+#include <thread>
 #include <unistd.h>
 
 namespace coproc::detail {
@@ -68,6 +72,90 @@ void write_all(int fd, std::vector<char>& out) noexcept {
     out.clear();
 }
 
+// A worker batches the replies of fast tasks into few writes. A reply held back while the
+// next task of the batch runs is written by a helper thread once it has waited `hold_limit`,
+// so a fast task's result never waits behind a slow task queued after it. The helper sleeps
+// on a timerfd: it wakes only when a task actually runs past the limit.
+class reply_writer {
+  public:
+    static constexpr long hold_limit_ns = 500'000;
+
+    explicit reply_writer(int fd) : fd_(fd) {}
+
+    /// The replies in `out` are complete and another task is about to run: they are written
+    /// by write() after it, or by the helper thread if it runs longer than hold_limit_ns.
+    void hold(std::vector<char>& out) {
+        std::lock_guard lk(m_);
+        if (timer_ < 0 && !start()) {
+            write_all(fd_, out); // no helper: answer now rather than late
+            return;
+        }
+        if (held_.empty())
+            held_.swap(out);
+        else
+            held_.insert(held_.end(), out.begin(), out.end());
+        out.clear();
+        if (!armed_) {
+            armed_ = true;
+            deadline_ = monotonic_ns() + hold_limit_ns;
+            const itimerspec due{{0, 0}, {0, hold_limit_ns}};
+            ::timerfd_settime(timer_, 0, &due, nullptr);
+        }
+    }
+
+    /// Writes what is held, then `out`. (A timer still armed wakes the helper for nothing.)
+    void write(std::vector<char>& out) {
+        std::lock_guard lk(m_);
+        armed_ = false;
+        if (!held_.empty()) {
+            held_.insert(held_.end(), out.begin(), out.end());
+            out.clear();
+            write_all(fd_, held_);
+        } else if (!out.empty()) {
+            write_all(fd_, out);
+        }
+    }
+
+  private:
+    // The helper blocks every signal: signals sent to the worker reach the task's thread.
+    bool start() {
+        timer_ = ::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+        if (timer_ < 0)
+            return false;
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        try {
+            std::thread([this] { run(); }).detach(); // lives as long as the process
+        } catch (const std::system_error&) {
+            ::close(timer_);
+            timer_ = -1;
+        }
+        pthread_sigmask(SIG_SETMASK, &old, nullptr);
+        return timer_ >= 0;
+    }
+
+    void run() {
+        for (;;) {
+            std::uint64_t expirations;
+            if (::read(timer_, &expirations, sizeof expirations) < 0 && errno != EINTR)
+                return;
+            std::lock_guard lk(m_);
+            if (armed_ && monotonic_ns() >= deadline_) {
+                armed_ = false;
+                write_all(fd_, held_);
+            }
+        }
+    }
+
+    const int fd_;
+    int timer_ = -1;
+    std::mutex m_;
+    std::vector<char> held_;
+    std::int64_t deadline_ = 0;
+    bool armed_ = false;
+};
+
 bool inside(const std::vector<segment>& segs, std::uintptr_t p, std::size_t len, bool exec) {
     for (const auto& s : segs)
         if (p >= s.begin && p + len <= s.end && p + len >= p && (!exec || s.exec))
@@ -84,7 +172,7 @@ struct task_prefix {
 class worker {
   public:
     worker(int fd, worker_slot* slot, const worker_config& cfg)
-        : fd_(fd), slot_(slot), cfg_(cfg) {}
+        : fd_(fd), slot_(slot), cfg_(cfg), replies_(fd) {}
 
     [[noreturn]] void run() {
         frame_decoder dec;
@@ -100,17 +188,18 @@ class worker {
                 }
                 if (!f)
                     break;
+                if (!out_.empty())
+                    replies_.hold(out_);
                 run_frame(*f);
                 if (cfg_.maxtasks && ++done >= cfg_.maxtasks) {
-                    write_all(fd_, out_);
+                    replies_.write(out_);
                     finish(0);
                 }
                 // Slow tasks answer one by one; fast ones are batched into few writes.
                 if (avg_ns_ > 20'000 || out_.size() >= 256 * 1024)
-                    write_all(fd_, out_);
+                    replies_.write(out_);
             }
-            if (!out_.empty())
-                write_all(fd_, out_);
+            replies_.write(out_);
             const auto area = dec.write_area();
             const ssize_t n = ::read(fd_, area.data(), area.size());
             if (n == 0)
@@ -160,10 +249,10 @@ class worker {
             reader in(f.payload.subspan(sizeof p));
             {
                 writer w(out_);
-                entry->invoke(reinterpret_cast<erased_fn>(
-                                  reinterpret_cast<std::uintptr_t>(&function_anchor) +
-                                  static_cast<std::uintptr_t>(p.fn)),
-                              in, w, f.aux, item);
+                entry->invoke(
+                    reinterpret_cast<erased_fn>(reinterpret_cast<std::uintptr_t>(&function_anchor) +
+                                                static_cast<std::uintptr_t>(p.fn)),
+                    in, w, f.aux, item);
             }
             if (in.remaining() != 0)
                 throw coproc::error("malformed task frame: bytes left after the arguments");
@@ -182,6 +271,7 @@ class worker {
     int fd_;
     worker_slot* slot_;
     const worker_config& cfg_;
+    reply_writer replies_;
     std::vector<char> out_;
     std::int64_t avg_ns_ = 0;
 };

@@ -207,6 +207,21 @@ COPROC_TEST_CASE("an imap destroyed early on a pool with its own loop") {
     co_await pool.async_join();
 }
 
+COPROC_TEST_CASE("a fast result is not held back by a slow task queued behind it") {
+    // The one worker reads the four tasks together (one write), runs three at once and starts
+    // the slow one: their results must not wait for it to end.
+    coproc::pool pool(io.get_executor(), {.processes = 1});
+    CHECK(co_await pool.map(tasks::square, iota(1000), 1) == squares(1000)); // known as fast
+    const std::vector<int> waits{0, 0, 0, 20'000};
+    auto g = pool.imap(tasks::sleep_ms, waits);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 3; ++i)
+        CHECK(co_await g.next() == 0);
+    CHECK(std::chrono::steady_clock::now() - t0 < 10s);
+    pool.terminate();
+    co_await pool.async_join();
+}
+
 COPROC_TEST_CASE("imap on a closed or terminated pool throws pool_closed") {
     coproc::pool pool(io.get_executor(), {.processes = 2});
     const std::vector<int> waits{0, 10'000, 10'000, 10'000};
