@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstring>
 #include <deque>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -126,6 +127,45 @@ void yield_cpu() noexcept { ::sched_yield(); }
 
 std::system_error os_error(const char* what) {
     return std::system_error(errno, std::system_category(), what);
+}
+
+ssize_t send_with_fd(int sock, std::span<iovec> iov, int fd, int flags) noexcept {
+    msghdr m{};
+    m.msg_iov = iov.data();
+    m.msg_iovlen = iov.size();
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    if (fd >= 0) {
+        m.msg_control = control;
+        m.msg_controllen = sizeof control;
+        cmsghdr* c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    return ::sendmsg(sock, &m, flags | MSG_NOSIGNAL);
+}
+
+ssize_t recv_with_fd(int sock, std::span<iovec> iov, unique_fd& passed, int flags,
+                     bool* truncated) noexcept {
+    msghdr m{};
+    m.msg_iov = iov.data();
+    m.msg_iovlen = iov.size();
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    const ssize_t n = ::recvmsg(sock, &m, flags | MSG_CMSG_CLOEXEC);
+    if (n < 0)
+        return n;
+    if (truncated)
+        *truncated = (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int fd;
+            std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+            passed.reset(fd);
+        }
+    return n;
 }
 
 void unique_fd::reset(int fd) noexcept {

@@ -20,6 +20,9 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <system_error>
 #include <utility>
 
@@ -47,6 +50,16 @@ class unique_fd {
   private:
     int fd_ = -1;
 };
+
+/// One sendmsg of `iov` with descriptor `fd` attached (SCM_RIGHTS) unless `fd` is negative;
+/// MSG_NOSIGNAL is added to `flags`. Returns what sendmsg returns (errno set on failure).
+ssize_t send_with_fd(int sock, std::span<iovec> iov, int fd, int flags) noexcept;
+
+/// One recvmsg into `iov`; a descriptor passed with the message (made O_CLOEXEC) goes to
+/// `passed`. Returns what recvmsg returns (errno set on failure); `truncated` tells whether the
+/// message or its descriptors did not fit.
+ssize_t recv_with_fd(int sock, std::span<iovec> iov, unique_fd& passed, int flags,
+                     bool* truncated = nullptr) noexcept;
 
 #define COPROC_PRIVATE __attribute__((visibility("hidden")))
 

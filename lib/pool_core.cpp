@@ -3,10 +3,10 @@
 // All state is guarded by one mutex; handlers run on the pool's executor and take it. Sinks
 // (user-visible completions and callbacks) are always called with the mutex released, so a
 // callback may call back into the pool. fork() is never called with the mutex held.
+#include "io.hpp"
 #include "transport.hpp"
 #include "worker.hpp"
 #include "zygote.hpp"
-
 #include <coproc/detail/handler_slot.hpp>
 #include <coproc/detail/pool_core.hpp>
 #include <coproc/error.hpp>
@@ -27,8 +27,8 @@
 #include <cstring>
 #include <deque>
 #include <fcntl.h>
-#include <map>
 #include <list>
+#include <map>
 #include <mutex>
 #include <string>
 #include <sys/mman.h>
@@ -54,10 +54,6 @@ using socket_t = asio::local::stream_protocol::socket;
 
 constexpr std::size_t small_frame = 8 * 1024; // copied together into one write buffer
 constexpr auto exit_grace = std::chrono::milliseconds(200);
-
-std::system_error os_error(const char* what) {
-    return std::system_error(errno, std::system_category(), what);
-}
 
 std::string describe(const job& j) {
     return "task " + std::to_string(j.id) + " (" + std::string(j.name) + ")";
@@ -107,7 +103,7 @@ using worker_ptr = std::shared_ptr<worker_proc>;
 struct failure {
     job_ptr j;
     std::exception_ptr e;
-    worker_ptr writer; // set if a write to this worker may still read the job's frame
+    worker_ptr writer = nullptr; // set if a write to this worker may still read the job's frame
 };
 
 struct reply {
@@ -135,9 +131,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             timer_ = std::make_unique<asio::steady_timer>(ex_);
     }
 
-    ~core_impl() override {
-        ::munmap(slots_, sizeof(worker_slot) * opt_.processes);
-    }
+    ~core_impl() override { ::munmap(slots_, sizeof(worker_slot) * opt_.processes); }
 
     void start() {
         try {
@@ -361,29 +355,19 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                 c->join_cv_.notify_all();
             }
         } guard{this};
-        worker_config cfg = cfg_;
+        std::shared_ptr<zygote> z;
         {
             std::lock_guard lk(mu_);
             if (state_ == run_state::terminated) {
                 slot_used_[slot] = false;
                 return;
             }
-            for (const auto& w : workers_) {
-                if (w->sock)
-                    cfg.close_fds.push_back(w->sock->native_handle());
-                if (w->pidfd)
-                    cfg.close_fds.push_back(w->pidfd->native_handle());
-            }
             slots_[slot].task_id.store(0);
-        }
-        pid_t pid = -1;
-        int fd = -1;
-        std::shared_ptr<zygote> z;
-        {
-            std::lock_guard lk(mu_);
             if (!zygote_lost_)
                 z = zygote_;
         }
+        pid_t pid = -1;
+        int fd = -1;
         if (z) {
             try {
                 const auto s = z->spawn(slot);
@@ -396,7 +380,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         }
         const bool from_zygote = pid > 0;
         if (!from_zygote)
-            std::tie(pid, fd) = fork_worker(slot, std::move(cfg));
+            std::tie(pid, fd) = fork_worker(slot);
         const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
         if (pfd < 0 && !from_zygote) {
             const auto e = os_error("pidfd_open of a pool worker failed (Linux >= 5.3 needed)");
@@ -435,7 +419,17 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     }
 
     // The fallback: fork a worker from this process. Returns its pid and our socket end.
-    std::pair<pid_t, int> fork_worker(std::size_t slot, worker_config cfg) {
+    std::pair<pid_t, int> fork_worker(std::size_t slot) {
+        worker_config cfg = cfg_;
+        {
+            std::lock_guard lk(mu_); // the child closes the other workers' descriptors
+            for (const auto& w : workers_) {
+                if (w->sock)
+                    cfg.close_fds.push_back(w->sock->native_handle());
+                if (w->pidfd)
+                    cfg.close_fds.push_back(w->pidfd->native_handle());
+            }
+        }
         int sv[2];
         if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
             throw os_error("socketpair for a pool worker failed");
@@ -545,9 +539,8 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         }
         case frame_kind::init_failed: {
             const auto e = decode_exception(f.payload, "the pool initializer");
-            broken_ = std::make_exception_ptr(
-                error("the pool initializer failed in worker " + std::to_string(w->pid) + ": " +
-                      what_of(e)));
+            broken_ = std::make_exception_ptr(error("the pool initializer failed in worker " +
+                                                    std::to_string(w->pid) + ": " + what_of(e)));
             for (auto& j : pending_)
                 failed.push_back({std::move(j), broken_});
             pending_.clear();
@@ -621,7 +614,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                 std::optional<std::size_t> r;
                 if (it == workers_.end())
                     early_exits_[event_.pid] = event_.status; // spawn() has not seen it yet
-                else if (worker_ptr w = *it; !w->exited) // a copy: finalize() erases *it
+                else if (worker_ptr w = *it; !w->exited)      // a copy: finalize() erases *it
                     note_exit(w, event_.status, failed, r);
                 if (r)
                     replace.push_back(*r);
@@ -668,20 +661,19 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
 
     std::exception_ptr lost(const worker_proc& w, const job& j) const {
         if (w.timed_out)
-            return std::make_exception_ptr(timeout_error(
-                describe(j) + " ran longer than the task timeout of " +
-                std::to_string(opt_.task_timeout.count()) + " ms; its worker " +
-                std::to_string(w.pid) + " was killed"));
+            return std::make_exception_ptr(
+                timeout_error(describe(j) + " ran longer than the task timeout of " +
+                              std::to_string(opt_.task_timeout.count()) + " ms; its worker " +
+                              std::to_string(w.pid) + " was killed"));
         const int sig = WIFSIGNALED(w.status) ? WTERMSIG(w.status) : 0;
         const int code = WIFEXITED(w.status) ? WEXITSTATUS(w.status) : -1;
-        std::string how = sig ? "was killed by signal " + std::to_string(sig) + " (" +
-                                    ::strsignal(sig) + ")"
-                              : "exited with status " + std::to_string(code);
+        std::string how =
+            sig ? "was killed by signal " + std::to_string(sig) + " (" + ::strsignal(sig) + ")"
+                : "exited with status " + std::to_string(code);
         if (!w.protocol_error.empty())
             how = "sent a malformed reply (" + w.protocol_error + ")";
-        return std::make_exception_ptr(worker_lost("worker process " + std::to_string(w.pid) +
-                                                       " " + how + " while running " +
-                                                       describe(j),
+        return std::make_exception_ptr(worker_lost("worker process " + std::to_string(w.pid) + " " +
+                                                       how + " while running " + describe(j),
                                                    w.pid, sig, code));
     }
 

@@ -127,26 +127,13 @@ class put_op {
         }
         char tag = big_ ? tag_memfd : tag_inline;
         iovec iov[2] = {{&tag, 1}, {}};
-        msghdr m{};
-        m.msg_iov = iov;
-        m.msg_iovlen = 2;
-        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-        if (big_) {
+        if (big_)
             iov[1] = {&size_, sizeof size_};
-            m.msg_control = control;
-            m.msg_controllen = sizeof control;
-            cmsghdr* c = CMSG_FIRSTHDR(&m);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int));
-            const int fd = big_.get();
-            std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-        } else {
+        else
             iov[1] = {const_cast<char*>(msg_.data()), msg_.size()};
-        }
         const int fd = q_.fd(q_.put_fd_);
         for (;;) {
-            if (::sendmsg(fd, &m, flags | MSG_NOSIGNAL) >= 0)
+            if (send_with_fd(fd, iov, big_ ? big_.get() : -1, flags) >= 0)
                 break;
             if (would_block())
                 return false;
@@ -260,13 +247,7 @@ asio::awaitable<void> queue_core::async_put(std::shared_ptr<queue_core> self,
 // nullopt only if someone made the socket non-blocking).
 std::optional<std::vector<char>> queue_core::try_get(int flags) {
     thread_local std::vector<char> buf(inline_limit + 1);
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
     iovec iov{buf.data(), buf.size()};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = control;
-    m.msg_controllen = sizeof control;
     const int fd = this->fd(get_fd_);
     if (flags == 0 && shared_->count.load(std::memory_order_relaxed) <= 0) {
         // Empty: about to sleep in recvmsg. First watch for a put for a moment.
@@ -274,20 +255,15 @@ std::optional<std::vector<char>> queue_core::try_get(int flags) {
         spin_until([&] { return shared_->published.load(std::memory_order_acquire) != seen; },
                    spin_budget);
     }
+    unique_fd big;
+    bool truncated = false;
     ssize_t n;
-    while ((n = ::recvmsg(fd, &m, flags | MSG_CMSG_CLOEXEC)) < 0) {
+    while ((n = recv_with_fd(fd, {&iov, 1}, big, flags, &truncated)) < 0) {
         if (would_block())
             return std::nullopt;
         if (errno != EINTR)
             throw os_error("queue: recvmsg failed");
     }
-    unique_fd big;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            int passed;
-            std::memcpy(&passed, CMSG_DATA(c), sizeof passed);
-            big.reset(passed);
-        }
     // The item is ours now: account for it before anything can throw.
     shared_->count.fetch_sub(1, std::memory_order_relaxed);
     if (const int slots = slots_fd_.load(); slots >= 0) {
@@ -295,7 +271,7 @@ std::optional<std::vector<char>> queue_core::try_get(int flags) {
         if (::write(slots, &one, sizeof one) < 0)
             throw os_error("queue: write to the free-slot eventfd failed");
     }
-    if (n == 0 || (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+    if (n == 0 || truncated)
         throw coproc::error("queue: received a malformed message");
     if (buf[0] == tag_inline)
         return std::vector<char>(buf.begin() + 1, buf.begin() + n);

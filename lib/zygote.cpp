@@ -1,6 +1,8 @@
 // The fork server of a pool (see zygote.hpp).
 #include "zygote.hpp"
 
+#include "io.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
@@ -30,22 +32,9 @@ std::system_error os_error(int err, const char* what) {
 
 ssize_t send_fd(int sock, const spawn_reply& r, int fd) {
     iovec iov{const_cast<spawn_reply*>(&r), sizeof r};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    if (fd >= 0) {
-        msg.msg_control = control;
-        msg.msg_controllen = sizeof control;
-        cmsghdr* c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    }
     ssize_t n;
     do
-        n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+        n = send_with_fd(sock, {&iov, 1}, fd, 0);
     while (n < 0 && errno == EINTR);
     return n;
 }
@@ -85,7 +74,7 @@ ssize_t send_fd(int sock, const spawn_reply& r, int fd) {
                 if (errno == EINTR)
                     continue;
                 if (errno == EAGAIN)
-                    return; // the parent is behind: retry when writable
+                    return;     // the parent is behind: retry when writable
                 unsent.clear(); // the parent is gone
                 return;
             }
@@ -188,27 +177,15 @@ zygote::spawned zygote::spawn(std::size_t slot) {
 
     spawn_reply r{};
     iovec iov{&r, sizeof r};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
+    unique_fd fd;
     do
-        n = ::recvmsg(requests_, &msg, MSG_CMSG_CLOEXEC);
+        n = recv_with_fd(requests_, {&iov, 1}, fd, 0);
     while (n < 0 && errno == EINTR);
     if (n != sizeof r)
         throw os_error(n < 0 ? errno : EPIPE, "the pool's fork server died");
-    int fd = -1;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-            std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
-    if (r.pid < 0 || fd < 0) {
-        if (fd >= 0)
-            ::close(fd);
+    if (r.pid < 0 || !fd)
         throw os_error(r.err ? r.err : EPROTO, "the pool's fork server could not fork a worker");
-    }
-    return {r.pid, fd};
+    return {r.pid, fd.release()};
 }
 
 void zygote::stop() noexcept {
