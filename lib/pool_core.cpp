@@ -948,6 +948,16 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
 
 } // namespace
 
+std::exception_ptr undecodable_result(const job& j) noexcept {
+    try {
+        return std::make_exception_ptr(
+            error("the result of " + describe(j) +
+                  " could not be decoded: " + what_of(std::current_exception())));
+    } catch (...) {
+        return std::current_exception();
+    }
+}
+
 std::shared_ptr<pool_core> pool_core::create(asio::any_io_executor ex, pool_options opts,
                                              std::thread::id own_loop) {
     auto c = std::make_shared<core_impl>(std::move(ex), opts, own_loop);

@@ -3,12 +3,16 @@
 #include "test_util.hpp"
 #include <coproc/pool.hpp>
 
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cstring>
+#include <future>
 #include <numeric>
 #include <optional>
 #include <stdexcept>
@@ -65,6 +69,57 @@ int hang_at_3(int x) {
 }
 
 void throwing_init() { throw std::runtime_error("the initializer broke"); }
+
+/// A user type whose load reads more than its save wrote: its value cannot be decoded.
+struct lopsided {
+    int x = 0;
+    template <class Archive> void save(Archive& ar) const { ar(x); }
+    template <class Archive> void load(Archive& ar) {
+        std::string more;
+        ar(x, more);
+    }
+};
+lopsided make_lopsided(int x) { return {x}; }
+
+/// Receives the outcome of one hand-made job.
+struct capture_sink : coproc::detail::task_sink {
+    std::promise<std::string> outcome; // "ok" or the error's what()
+    void on_result(const coproc::detail::job&, std::span<const char>) override {
+        outcome.set_value("ok");
+    }
+    void on_error(const coproc::detail::job&, std::exception_ptr e) override {
+        try {
+            std::rethrow_exception(e);
+        } catch (const coproc::error& x) {
+            outcome.set_value(std::string("coproc::error: ") + x.what());
+        } catch (const std::exception& x) {
+            outcome.set_value(std::string("other: ") + x.what());
+        }
+    }
+};
+
+/// Runs one job made for tasks::square(7), its task prefix (function entry, function,
+/// signature) first altered by `tamper`; returns what the sink got.
+template <class Tamper> std::string run_tampered(coproc::detail::pool_core& core, Tamper tamper) {
+    auto sink = std::make_shared<capture_sink>();
+    auto fut = sink->outcome.get_future();
+    auto j = coproc::detail::make_job(
+        &tasks::square,
+        [](coproc::detail::writer& w) {
+            w(7);
+            return 1;
+        },
+        sink, 0);
+    std::int64_t prefix[3];
+    char* at = j->frame.data() + sizeof(coproc::detail::frame_header);
+    std::memcpy(prefix, at, sizeof prefix);
+    tamper(prefix);
+    std::memcpy(at, prefix, sizeof prefix);
+    core.submit(std::move(j));
+    if (fut.wait_for(10s) != std::future_status::ready)
+        return "no outcome within 10 s";
+    return fut.get();
+}
 
 using tasks::iota;
 using tasks::squares;
@@ -326,6 +381,53 @@ TEST_CASE("an initializer that throws fails tasks with coproc::error and spawns 
         CHECK(pool.pids().empty());
     }
     CHECK(coproc::test::child_count().zombies == 0);
+}
+
+// ------------------------------------------------------------------ bad frames and results
+
+TEST_CASE("a forged function id or signature is a clear error and the worker serves on") {
+    watchdog dog(60s);
+    asio::io_context io;
+    auto guard = asio::make_work_guard(io);
+    std::thread loop([&] { io.run(); });
+    auto core = coproc::detail::pool_core::create(io.get_executor(), {.processes = 1});
+    const auto pid = core->pids();
+    // The signature hash disagrees with the entry's.
+    CHECK(contains(run_tampered(*core, [](std::int64_t* p) { p[2] ^= 1; }),
+                   "coproc::error: task function signature mismatch"));
+    // The function offset points at data, not code.
+    CHECK(contains(run_tampered(*core, [](std::int64_t* p) { p[1] = p[0]; }),
+                   "coproc::error: unknown task function: its offset is not in executable code"));
+    // The entry offset points outside the program, or at something that is not an entry.
+    CHECK(contains(run_tampered(*core, [](std::int64_t* p) { p[0] = std::int64_t{1} << 46; }),
+                   "coproc::error: unknown task function"));
+    CHECK(contains(run_tampered(*core, [](std::int64_t* p) { p[0] = p[1] & ~std::int64_t{7}; }),
+                   "coproc::error: unknown task function"));
+    CHECK(run_tampered(*core, [](std::int64_t*) {}) == "ok");
+    CHECK(core->pids() == pid); // the same worker answered all of them
+    core->close();
+    core->join();
+    guard.reset();
+    loop.join();
+}
+
+COPROC_TEST_CASE("a result that cannot be decoded fails its call with an error naming the task") {
+    coproc::pool pool(io.get_executor(), {.processes = 2});
+    try {
+        (void)co_await pool.apply(make_lopsided, 1);
+        FAIL_CHECK("apply returned a value that cannot be decoded");
+    } catch (const coproc::error& e) {
+        CHECK(contains(e.what(), "the result of task "));
+        CHECK(contains(e.what(), "lopsided (*)(int)"));
+        CHECK(contains(e.what(), "could not be decoded"));
+    }
+    CHECK_THROWS_WITH_AS(co_await pool.map(make_lopsided, iota(10)),
+                         doctest::Contains("could not be decoded"), coproc::error);
+    auto g = pool.imap(make_lopsided, iota(3));
+    CHECK_THROWS_WITH_AS(co_await g.next(), doctest::Contains("lopsided (*)(int)"), coproc::error);
+    CHECK(co_await pool.apply(tasks::add, 1, 2) == 3);
+    pool.close();
+    co_await pool.async_join();
 }
 
 COPROC_TEST_CASE("an initializer that throws fails an awaited task with coproc::error") {

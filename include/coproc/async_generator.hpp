@@ -50,7 +50,7 @@ template <class R> class imap_state : public chunked_call {
                 throw error("malformed reply: bytes left after the results of a chunk");
         } catch (...) {
             o.values.clear();
-            o.error = std::current_exception();
+            o.error = undecodable_result(j);
         }
         deliver(j, std::move(o));
     }

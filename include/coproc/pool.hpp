@@ -64,13 +64,13 @@ template <class T> asio::awaitable<T> await_completion(std::shared_ptr<completio
 template <class T> class value_call final : public completion<T>, public task_sink {
   public:
     using completion<T>::completion;
-    void on_result(const job&, std::span<const char> payload) override {
+    void on_result(const job& j, std::span<const char> payload) override {
         try {
             value_t<T> v;
             deserialize_from(payload, v);
             this->set_value(std::move(v));
         } catch (...) {
-            this->set_error(std::current_exception());
+            this->set_error(undecodable_result(j));
         }
     }
     void on_error(const job&, std::exception_ptr e) override { this->set_error(std::move(e)); }
@@ -96,7 +96,7 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
                 results_[i] = std::move(v);
             }
         } catch (...) {
-            return on_error(j, std::current_exception());
+            return on_error(j, undecodable_result(j));
         }
         {
             std::lock_guard lk(m_);

@@ -49,13 +49,17 @@ class task_sink : public std::enable_shared_from_this<task_sink> {
 struct job {
     std::vector<char> frame; // the request frame; its id is set when submitted
     std::shared_ptr<task_sink> sink;
-    std::size_t chunk = 0;   // index of this job within its call
+    std::size_t chunk = 0; // index of this job within its call
     std::uint64_t id = 0;
     std::string_view name; // the function's type, for error messages
 };
 using job_ptr = std::unique_ptr<job>;
 
 void append_task_prefix(std::vector<char>& out, const task_entry* entry, erased_fn fn);
+
+/// Inside a catch block: the error for a reply to `j` whose results could not be decoded (a
+/// result type whose load does not read what its save wrote, say); it names the task.
+std::exception_ptr undecodable_result(const job& j) noexcept;
 
 /// Encodes a request running `fn` over the items `write_items(writer&)` writes; it returns
 /// how many it wrote.
