@@ -143,6 +143,11 @@ zygote::zygote(worker_slot* slots, const worker_config& cfg) {
         ::close(req[1]);
         throw os_error(err, "socketpair for the pool's fork server failed");
     }
+    // A fork server that stops answering (stopped, wedged) must not hold up the pool's loop,
+    // which waits for its answers: after answer_timeout it is killed (see spawn()).
+    const timeval limit{answer_timeout.count(), 0};
+    ::setsockopt(req[0], SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    ::setsockopt(req[0], SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
     pid_ = ::fork();
     if (pid_ == 0) {
         ::close(req[0]);
@@ -163,6 +168,13 @@ zygote::zygote(worker_slot* slots, const worker_config& cfg) {
 
 zygote::~zygote() { stop(); }
 
+// Its workers die with it (PDEATHSIG), the pool sees the event socket close and forks
+// replacements itself from then on.
+void zygote::wedged() {
+    ::kill(pid_, SIGKILL);
+    throw os_error(ETIMEDOUT, "the pool's fork server did not answer; it was killed");
+}
+
 zygote::spawned zygote::spawn(std::size_t slot) {
     std::lock_guard lk(m_);
     if (requests_ < 0)
@@ -172,6 +184,8 @@ zygote::spawned zygote::spawn(std::size_t slot) {
     do
         n = ::send(requests_, &s, sizeof s, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        wedged();
     if (n != sizeof s)
         throw os_error(n < 0 ? errno : EPIPE, "the pool's fork server does not answer");
 
@@ -181,6 +195,8 @@ zygote::spawned zygote::spawn(std::size_t slot) {
     do
         n = recv_with_fd(requests_, {&iov, 1}, fd, 0);
     while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        wedged();
     if (n != sizeof r)
         throw os_error(n < 0 ? errno : EPIPE, "the pool's fork server died");
     if (r.pid < 0 || !fd)

@@ -16,6 +16,7 @@
 
 #include "worker.hpp"
 
+#include <chrono>
 #include <cstddef>
 #include <mutex>
 #include <sys/types.h>
@@ -24,6 +25,9 @@ namespace coproc::detail {
 
 class zygote {
   public:
+    /// How long spawn() waits for the zygote's answer before it kills the zygote.
+    static constexpr std::chrono::seconds answer_timeout{5};
+
     /// Forks the zygote. `slots` (shared memory) and `cfg` are what its workers run with.
     zygote(worker_slot* slots, const worker_config& cfg);
     ~zygote();
@@ -50,6 +54,8 @@ class zygote {
     pid_t pid() const noexcept { return pid_; }
 
   private:
+    /// The zygote did not answer within answer_timeout: kills it and throws.
+    [[noreturn]] void wedged();
     std::mutex m_;
     pid_t pid_ = -1;
     int requests_ = -1;

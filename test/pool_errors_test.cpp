@@ -1,4 +1,5 @@
 // Task errors, dead workers, timeouts and failing initializers (the pool's error paths).
+#include "../lib/zygote.hpp"
 #include "tasks.hpp"
 #include "test_util.hpp"
 #include <coproc/pool.hpp>
@@ -17,6 +18,8 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <sys/wait.h>
+#include <system_error>
 #include <thread>
 #include <typeinfo>
 #include <vector>
@@ -381,6 +384,31 @@ TEST_CASE("an initializer that throws fails tasks with coproc::error and spawns 
         CHECK(pool.pids().empty());
     }
     CHECK(coproc::test::child_count().zombies == 0);
+}
+
+// ------------------------------------------------------------------ the fork server
+
+TEST_CASE("a fork server that stops answering is killed, not waited for") {
+    watchdog dog(60s);
+    std::vector<coproc::detail::worker_slot> slots(1);
+    coproc::detail::worker_config cfg;
+    cfg.parent = ::getpid();
+    cfg.segments = coproc::detail::mapped_segments();
+    coproc::detail::zygote z(slots.data(), cfg);
+    ::kill(z.pid(), SIGSTOP);
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+        (void)z.spawn(0);
+        FAIL_CHECK("a stopped fork server answered");
+    } catch (const std::system_error& e) {
+        CHECK(e.code().value() == ETIMEDOUT);
+        CHECK(contains(e.what(), "did not answer; it was killed"));
+    }
+    CHECK(std::chrono::steady_clock::now() - t0 < coproc::detail::zygote::answer_timeout + 5s);
+    siginfo_t info{};
+    REQUIRE(::waitid(P_PID, static_cast<id_t>(z.pid()), &info, WEXITED | WNOWAIT) == 0);
+    CHECK(info.si_code == CLD_KILLED); // dead (stop() reaps it)
+    CHECK(info.si_status == SIGKILL);
 }
 
 // ------------------------------------------------------------------ bad frames and results
