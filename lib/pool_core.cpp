@@ -235,11 +235,11 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                     pool_closed("the pool was terminated before the task finished"));
             };
             for (auto& j : pending_)
-                failed.push_back({std::move(j), closed()});
+                defer(failed, {std::move(j), closed()});
             pending_.clear();
             for (auto& w : workers_) {
                 for (auto& j : w->inflight)
-                    failed.push_back({std::move(j), closed(), w->writing ? w : nullptr});
+                    defer(failed, {std::move(j), closed(), w->writing ? w : nullptr});
                 w->inflight.clear();
                 w->to_send.clear();
                 kill_worker(*w);
@@ -256,7 +256,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         if (state_ == run_state::running)
             throw error("pool::join() called on a running pool: call close() or terminate() "
                         "first");
-        join_cv_.wait(lk, [&] { return finished_locked(); });
+        join_cv_.wait(lk, [&] { return joinable_locked(); });
         if (auto z = zygote_) { // its workers are gone: so is the fork server when join returns
             lk.unlock();
             z->stop();
@@ -275,7 +275,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                 std::unique_lock lk(mu_);
                 join_waiters_.emplace_back();
                 join_waiters_.back().set(std::move(handler));
-                if (finished_locked())
+                if (joinable_locked())
                     post_join_waiters();
             },
             asio::use_awaitable);
@@ -337,6 +337,15 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
 
     bool finished_locked() const { return workers_.empty() && spawning_ == 0; }
 
+    // Finished, and every failed task's outcome is set: join() may return.
+    bool joinable_locked() const { return finished_locked() && undelivered_ == 0; }
+
+    // Fails `f` once mu_ is released (see run()); join() waits until it is delivered.
+    void defer(std::vector<failure>& failed, failure f) {
+        ++undelivered_;
+        failed.push_back(std::move(f));
+    }
+
     void post_join_waiters() {
         for (auto& s : join_waiters_)
             s.post();
@@ -363,6 +372,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                 return;
             }
             slots_[slot].task_id.store(0);
+            slots_[slot].done_id.store(0);
             if (!zygote_lost_)
                 z = zygote_;
         }
@@ -462,7 +472,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                     // Nobody is left to run the queue: fail it rather than hang.
                     auto e = std::current_exception();
                     for (auto& j : pending_)
-                        failed.push_back({std::move(j), e});
+                        defer(failed, {std::move(j), e});
                     pending_.clear();
                 }
             }
@@ -542,11 +552,11 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             broken_ = std::make_exception_ptr(error("the pool initializer failed in worker " +
                                                     std::to_string(w->pid) + ": " + what_of(e)));
             for (auto& j : pending_)
-                failed.push_back({std::move(j), broken_});
+                defer(failed, {std::move(j), broken_});
             pending_.clear();
             for (auto& other : workers_) {
                 for (auto& j : other->inflight)
-                    failed.push_back({std::move(j), broken_, other->writing ? other : nullptr});
+                    defer(failed, {std::move(j), broken_, other->writing ? other : nullptr});
                 other->inflight.clear();
                 other->to_send.clear();
                 kill_worker(*other);
@@ -677,6 +687,16 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                                                    w.pid, sig, code));
     }
 
+    // Task `j` ran to the end on worker `w`, but its reply died with the worker.
+    std::exception_ptr result_lost(const worker_proc& w, const job& j) const {
+        const int sig = WIFSIGNALED(w.status) ? WTERMSIG(w.status) : 0;
+        const int code = WIFEXITED(w.status) ? WEXITSTATUS(w.status) : -1;
+        return std::make_exception_ptr(
+            worker_lost("worker process " + std::to_string(w.pid) + " died after running " +
+                            describe(j) + " but before sending its result (it is not run again)",
+                        w.pid, sig, code));
+    }
+
     // The worker is gone and its replies are read: fail the task it was running, give the
     // others to the remaining workers, and start a replacement if there is work to do.
     void finalize(const worker_ptr& w, std::vector<failure>& failed,
@@ -686,15 +706,31 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         std::erase(workers_, w);
         slot_used_[w->slot] = false;
         const std::uint64_t culprit = slots_[w->slot].task_id.load(std::memory_order_acquire);
+        // A worker runs its jobs in the order of `inflight`: those up to the last it finished
+        // ran to the end and their replies (batched, not yet written) died with it. They fail
+        // rather than run a second time: a task runs at most once.
+        const std::uint64_t finished = slots_[w->slot].done_id.load(std::memory_order_acquire);
+        bool ran =
+            finished != 0 && std::any_of(w->inflight.begin(), w->inflight.end(),
+                                         [&](const job_ptr& j) { return j->id == finished; });
         std::deque<job_ptr> again;
+        std::vector<failure> collateral; // failed after the culprit: a map reports the cause
         for (auto& j : w->inflight) {
-            if (j->id == culprit || !w->protocol_error.empty()) {
+            const bool was_run = ran;
+            if (j->id == finished)
+                ran = false;
+            if (was_run) {
+                auto e = result_lost(*w, *j);
+                collateral.push_back({std::move(j), std::move(e)});
+            } else if (j->id == culprit || !w->protocol_error.empty()) {
                 auto e = lost(*w, *j); // before j is moved from
-                failed.push_back({std::move(j), std::move(e)});
+                defer(failed, {std::move(j), std::move(e)});
             } else {
                 again.push_back(std::move(j));
             }
         }
+        for (auto& f : collateral)
+            defer(failed, std::move(f));
         w->inflight.clear();
         w->to_send.clear();
         for (auto it = again.rbegin(); it != again.rend(); ++it)
@@ -709,8 +745,11 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         if (finished_locked()) {
             if (state_ != run_state::running)
                 retire_zygote(); // before the join waiters, so it is done when they resume
-            post_join_waiters();
-            join_cv_.notify_all();
+            // With failures still to deliver, run() wakes the joiners once they are.
+            if (undelivered_ == 0) {
+                post_join_waiters();
+                join_cv_.notify_all();
+            }
         }
     }
 
@@ -906,15 +945,22 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     }
 
     void run(std::vector<failure>& failed) {
+        if (failed.empty())
+            return;
         for (auto& f : failed)
             f.j->sink->on_error(*f.j, f.e);
-        // A job failed while its worker's write was under way (terminate, a failed
-        // initializer) keeps its frame alive until that write completes.
-        if (std::any_of(failed.begin(), failed.end(), [](const auto& f) { return f.writer; })) {
+        {
             std::lock_guard lk(mu_);
+            // A job failed while its worker's write was under way (terminate, a failed
+            // initializer) keeps its frame alive until that write completes.
             for (auto& f : failed)
                 if (f.writer && f.writer->writing)
                     f.writer->parked.push_back(std::move(f.j));
+            undelivered_ -= failed.size();
+            if (joinable_locked()) { // delivered the last failure of a finished pool
+                post_join_waiters();
+                join_cv_.notify_all();
+            }
         }
         failed.clear();
     }
@@ -932,6 +978,8 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     std::vector<worker_ptr> workers_;
     std::size_t spawning_ = 0;
     std::size_t holds_ = 0; // calls with jobs still to submit
+    // Failures collected under mu_ that run() has not delivered yet: join() waits for them.
+    std::size_t undelivered_ = 0;
     std::uint64_t next_id_ = 1;
     worker_slot* slots_ = nullptr;
     std::vector<bool> slot_used_;

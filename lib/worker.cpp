@@ -265,6 +265,7 @@ class worker {
             encode_current_exception(out_);
             end_frame(out_, eat, item);
         }
+        slot_->done_id.store(f.id, std::memory_order_relaxed);
         slot_->task_id.store(0, std::memory_order_release);
     }
 
@@ -313,6 +314,7 @@ void worker_main(int fd, worker_slot* slot, const worker_config& cfg) noexcept {
     for (int other : cfg.close_fds)
         ::close(other);
     slot->task_id.store(0, std::memory_order_relaxed);
+    slot->done_id.store(0, std::memory_order_relaxed);
     if (cfg.initializer) {
         try {
             cfg.initializer();

@@ -10,10 +10,13 @@
 namespace coproc::detail {
 
 /// Shared memory one worker writes and the parent reads: which task it is running and since
-/// when. It names the task to fail when the worker dies, and drives task timeouts.
+/// when, and the last one it finished. They name the tasks to fail when the worker dies, and
+/// drive task timeouts.
 struct alignas(64) worker_slot {
-    std::atomic<std::uint64_t> task_id{0};   // 0 when idle
-    std::atomic<std::int64_t> start_ns{0};   // CLOCK_MONOTONIC
+    std::atomic<std::uint64_t> task_id{0}; // 0 when idle
+    std::atomic<std::int64_t> start_ns{0}; // CLOCK_MONOTONIC
+    std::atomic<std::uint64_t> done_id{0}; // the last task run to the end (its reply may still
+                                           // be batched, unwritten); 0: none
 };
 
 /// A mapped range of the process image (a PT_LOAD segment).
@@ -28,8 +31,8 @@ struct worker_config {
     pid_t parent = 0;
     void (*initializer)() = nullptr;
     std::size_t maxtasks = 0;
-    std::vector<int> close_fds;      // the pool's other descriptors, closed at start
-    std::vector<segment> segments;   // where task entries and functions may live
+    std::vector<int> close_fds;    // the pool's other descriptors, closed at start
+    std::vector<segment> segments; // where task entries and functions may live
 };
 
 /// Runs in a freshly forked child: serves task frames on `fd` until EOF, maxtasks or death.

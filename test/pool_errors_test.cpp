@@ -10,6 +10,7 @@
 #include <asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstring>
@@ -18,6 +19,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <system_error>
 #include <thread>
@@ -72,6 +74,13 @@ int hang_at_3(int x) {
 }
 
 void throwing_init() { throw std::runtime_error("the initializer broke"); }
+
+/// Run counts per task, in memory the workers share with the test (made before the pool).
+std::atomic<int>* g_runs = nullptr;
+int count_run(int i) {
+    g_runs[i].fetch_add(1, std::memory_order_relaxed);
+    return i;
+}
 
 /// A user type whose load reads more than its save wrote: its value cannot be decoded.
 struct lopsided {
@@ -384,6 +393,42 @@ TEST_CASE("an initializer that throws fails tasks with coproc::error and spawns 
         CHECK(pool.pids().empty());
     }
     CHECK(coproc::test::child_count().zombies == 0);
+}
+
+TEST_CASE("a task runs at most once, even when its worker dies before its result is sent") {
+    watchdog dog(60s);
+    constexpr int n = 200;
+    void* mem = ::mmap(nullptr, n * sizeof(std::atomic<int>), PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(mem != MAP_FAILED);
+    g_runs = new (mem) std::atomic<int>[n] {};
+    {
+        coproc::pool pool(1);
+        // Known as fast: the worker batches the replies of the next tasks.
+        CHECK(pool.map_async(tasks::square, iota(2000), 1).get() == squares(2000));
+        std::vector<coproc::async_result<int>> runs;
+        for (int i = 0; i < n; ++i)
+            runs.push_back(pool.apply_async(count_run, {i}));
+        auto killer = pool.apply_async(sigkill_at_5, {5});
+        int returned = 0, lost_after_running = 0;
+        for (int i = 0; i < n; ++i) {
+            try {
+                const int v = runs[i].get();
+                CHECK(v == i);
+                ++returned;
+            } catch (const coproc::worker_lost& e) {
+                CHECK(contains(e.what(), "before sending its result"));
+                ++lost_after_running;
+            }
+        }
+        CHECK_THROWS_AS(killer.get(), coproc::worker_lost);
+        CHECK(returned + lost_after_running == n);
+        for (int i = 0; i < n; ++i)
+            CHECK(g_runs[i].load() == 1); // ran once, whatever its outcome
+        CHECK(pool.apply_async(tasks::add, {1, 2}).get() == 3);
+        MESSAGE(returned << " returned, " << lost_after_running << " lost after running");
+    }
+    ::munmap(mem, n * sizeof(std::atomic<int>));
 }
 
 // ------------------------------------------------------------------ the fork server
