@@ -1,16 +1,37 @@
 // pool: the public class around pool_core, and the event-loop thread a pool may own.
+#include "fork_thread.hpp"
 #include <coproc/pool.hpp>
 
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 
+#include <condition_variable>
 #include <cstdio>
+#include <mutex>
 #include <string>
 #include <thread>
 
 namespace coproc {
 
 namespace detail {
+
+namespace {
+thread_local const callback_scope* innermost_callback = nullptr;
+} // namespace
+
+callback_scope::callback_scope(const pool_core* core) noexcept
+    : core_(core), outer_(innermost_callback) {
+    innermost_callback = this;
+}
+
+callback_scope::~callback_scope() { innermost_callback = outer_; }
+
+bool callback_scope::inside(const pool_core* core) noexcept {
+    for (const callback_scope* s = innermost_callback; s; s = s->outer_)
+        if (s->core_ == core)
+            return true;
+    return false;
+}
 
 void pool_core::check_blocking(const char* what) const {
     if (on_loop_thread())
@@ -22,49 +43,136 @@ void pool_core::check_blocking(const char* what) const {
 struct own_loop {
     asio::io_context ctx{1};
     asio::executor_work_guard<asio::io_context::executor_type> guard{ctx.get_executor()};
-    std::thread thread{[this] { run(); }};
+    std::shared_ptr<pool_core> abandoned; // set by abandon(): this thread finishes the teardown
+    std::mutex start_mu;
+    std::condition_variable start_cv;
+    bool parked = false;
+    bool released = false;
+    std::thread thread{[this] {
+        park();
+        run();
+    }};
+
+    // The pool forks its fork server just after starting this thread, and a fork must not
+    // catch a thread mid-start-up (inside malloc or a sanitizer's bookkeeping, whose locks the
+    // fork server and every worker would inherit held): the thread waits here, holding no lock,
+    // until release().
+    void park() {
+        std::unique_lock lk(start_mu);
+        parked = true;
+        start_cv.notify_all();
+        start_cv.wait(lk, [&] { return released; });
+    }
+    void wait_parked() {
+        std::unique_lock lk(start_mu);
+        start_cv.wait(lk, [&] { return parked; });
+    }
+    void release() noexcept {
+        {
+            std::lock_guard lk(start_mu);
+            released = true;
+        }
+        start_cv.notify_all();
+    }
 
     void run() noexcept {
         for (;;) {
             try {
                 ctx.run();
-                return;
+                break;
             } catch (const std::exception& e) {
                 std::fprintf(stderr, "coproc: a handler on the pool's loop threw: %s\n", e.what());
             } catch (...) {
                 std::fprintf(stderr, "coproc: a handler on the pool's loop threw\n");
             }
         }
+        if (abandoned) { // (stop() happens-before run() returns: no race with abandon())
+            abandoned->shutdown();
+            abandoned.reset();
+            drain();
+            thread.detach();
+            delete this;
+        }
     }
 
-    ~own_loop() {
+    // The pool was destroyed in one of its callbacks, which this thread may be running: it
+    // cannot be joined there. Once run() returns, the thread shuts `core` down and deletes this.
+    void abandon(std::shared_ptr<pool_core> core) noexcept {
+        abandoned = std::move(core);
         guard.reset();
         ctx.stop();
-        thread.join();
-        // Handlers posted but not run yet (e.g. the callbacks of an empty map_async) run here,
-        // so no result is left unfinished.
+    }
+
+    // Handlers posted but not run yet (e.g. the callbacks of an empty map_async) run here, so
+    // no result is left unfinished.
+    void drain() noexcept {
         try {
             ctx.restart();
             ctx.poll();
         } catch (...) {
         }
     }
+
+    ~own_loop() {
+        if (!thread.joinable())
+            return; // abandoned: run() deletes this on its own thread
+        release();  // if the pool failed to start
+        guard.reset();
+        ctx.stop();
+        thread.join();
+        drain();
+    }
 };
+
+namespace {
+
+// The pool's fork server dies with the thread that forks it (PR_SET_PDEATHSIG): fork it on a
+// thread that lives as long as the process, not on a caller's thread that may end first.
+std::shared_ptr<pool_core> create_core(asio::any_io_executor ex, const pool_options& options,
+                                       std::thread::id own_loop) {
+    std::shared_ptr<pool_core> core;
+    run_on_lasting_thread([&] { core = pool_core::create(std::move(ex), options, own_loop); });
+    return core;
+}
+
+} // namespace
 
 } // namespace detail
 
 pool::pool(std::size_t processes) : pool(pool_options{.processes = processes}) {}
 
 pool::pool(pool_options options) : loop_(std::make_unique<detail::own_loop>()) {
-    core_ = detail::pool_core::create(loop_->ctx.get_executor(), options, loop_->thread.get_id());
+    loop_->wait_parked();
+    core_ = detail::create_core(loop_->ctx.get_executor(), options, loop_->thread.get_id());
+    loop_->release();
 }
 
 pool::pool(asio::any_io_executor ex, pool_options options)
-    : core_(detail::pool_core::create(std::move(ex), options)) {}
+    : core_(detail::create_core(std::move(ex), options, {})) {}
 
 pool::~pool() {
-    core_->shutdown();
-    loop_.reset();
+    // The normal case: wait for the workers, then stop the loop thread.
+    if (!detail::callback_scope::inside(core_.get()) && !(loop_ && core_->on_loop_thread())) {
+        core_->shutdown();
+        loop_.reset();
+        return;
+    }
+    // Destroyed inside one of its own callbacks (the own loop thread runs nothing else), whose
+    // caller still uses the pool's loop: waiting here for the loop, or for a replacement worker
+    // the caller is about to start, would never end. Kill the workers now; reap them after the
+    // callback returns.
+    core_->terminate();
+    std::fputs("coproc: pool destroyed inside one of its own callbacks: its tasks were "
+               "terminated; destroy it from outside the callback\n",
+               stderr);
+    if (loop_) {
+        loop_.release()->abandon(core_);
+    } else {
+        try {
+            core_->post([core = core_] { core->shutdown(); });
+        } catch (...) { // cannot post: the io_context is gone or out of memory; nothing to wait on
+        }
+    }
 }
 
 void pool::close() { core_->close(); }

@@ -1,23 +1,123 @@
 // process: fork, a pidfd to wait on (poll() when blocking, Asio when awaiting), waitpid to reap.
+// Also the lasting thread that forks for threads which may not outlive their children.
+#include "fork_thread.hpp"
 #include "io.hpp"
 #include "transport.hpp"
 #include <coproc/process.hpp>
 
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <exception>
 #include <mutex>
 #include <poll.h>
 #include <stdio_ext.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 
 namespace coproc {
 
 namespace detail {
+
+namespace {
+
+// The helper thread of run_on_lasting_thread: runs one request at a time, forever. One per
+// process: a forked child that needs one starts its own (the copy it inherited belongs to a
+// thread that does not exist in the child, its mutexes possibly held).
+class lasting_thread {
+  public:
+    explicit lasting_thread(pid_t owner) noexcept : owner(owner) {}
+    const pid_t owner;
+
+    void run(const std::function<void()>& fn) {
+        std::call_once(started_, [this] { start(); });
+        std::lock_guard one_at_a_time(calls_);
+        std::unique_lock lk(m_);
+        request_ = &fn;
+        done_ = false;
+        cv_.notify_all();
+        cv_.wait(lk, [&] { return done_; });
+        if (auto e = std::exchange(error_, nullptr))
+            std::rethrow_exception(e);
+    }
+
+    bool is_current() const noexcept { return tid_.load(std::memory_order_relaxed) == ::gettid(); }
+
+  private:
+    // With every signal blocked: signals sent to the process go to the threads that expect them.
+    void start() {
+        sigset_t all, old;
+        sigfillset(&all);
+        ::pthread_sigmask(SIG_SETMASK, &all, &old);
+        try {
+            std::thread([this] { serve(); }).detach(); // lives as long as the process
+        } catch (...) {
+            ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+            throw;
+        }
+        ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    }
+
+    [[noreturn]] void serve() noexcept {
+        tid_.store(::gettid(), std::memory_order_relaxed);
+        std::unique_lock lk(m_);
+        for (;;) {
+            cv_.wait(lk, [&] { return request_ != nullptr; });
+            const auto* fn = std::exchange(request_, nullptr);
+            lk.unlock(); // a child forked by fn must not inherit it held
+            std::exception_ptr e;
+            try {
+                (*fn)();
+            } catch (...) {
+                e = std::current_exception();
+            }
+            lk.lock();
+            error_ = std::move(e);
+            done_ = true;
+            cv_.notify_all();
+        }
+    }
+
+    std::once_flag started_;
+    std::mutex calls_; // one request at a time
+    std::mutex m_;
+    std::condition_variable cv_;
+    const std::function<void()>* request_ = nullptr;
+    std::exception_ptr error_;
+    bool done_ = false;
+    std::atomic<pid_t> tid_{0};
+};
+
+// Never freed: the helper thread runs until the process exits.
+std::atomic<lasting_thread*> lasting{nullptr};
+
+lasting_thread& lasting_for_this_process() {
+    const pid_t me = ::getpid();
+    lasting_thread* cur = lasting.load(std::memory_order_acquire);
+    while (!cur || cur->owner != me) {
+        auto* fresh = new lasting_thread(me);
+        if (lasting.compare_exchange_strong(cur, fresh, std::memory_order_acq_rel))
+            return *fresh;
+        delete fresh; // another thread won: use (or re-check) its helper
+    }
+    return *cur;
+}
+
+} // namespace
+
+void run_on_lasting_thread(const std::function<void()>& fn) {
+    if (::gettid() == ::getpid())
+        return fn(); // the main thread lives as long as the process
+    auto& helper = lasting_for_this_process();
+    if (helper.is_current())
+        return fn();
+    helper.run(fn);
+}
 
 struct process_state {
     std::unique_ptr<process_body> body;
@@ -73,14 +173,14 @@ void reset_signals(const sigset_t& mask) noexcept {
 }
 
 // Runs in the child, with every signal blocked until the handlers are reset.
-[[noreturn]] void child_main(process_body& body, const std::string& name, bool daemon, pid_t parent,
+[[noreturn]] void child_main(process_body& body, const std::string& name, pid_t parent,
                              const sigset_t& mask) noexcept {
     // Output the parent had buffered but not written belongs to the parent.
     __fpurge(stdout);
     __fpurge(stderr);
-    // PR_SET_PDEATHSIG fires when the forking *thread* exits: start daemons from a thread that
-    // lives as long as the parent wants them.
-    if (daemon && (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent))
+    // No child outlives its parent process. The signal fires when the forking *thread* exits:
+    // start() forks on a thread that lives as long as the process (run_on_lasting_thread).
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent)
         _exit(1);
     reset_signals(mask);
     int code = 0;
@@ -144,11 +244,20 @@ void process::start() {
     const pid_t parent = ::getpid();
     sigset_t all, mask;
     sigfillset(&all);
-    ::pthread_sigmask(SIG_BLOCK, &all, &mask);
-    const pid_t pid = ::fork();
-    if (pid == 0)
-        detail::child_main(*state_->body, name, daemon, parent, mask);
-    const int fork_errno = errno;
+    ::pthread_sigmask(SIG_BLOCK, &all, &mask); // the child starts with every signal blocked
+    pid_t pid = -1;
+    int fork_errno = 0;
+    try {
+        detail::run_on_lasting_thread([&] {
+            pid = ::fork();
+            if (pid == 0)
+                detail::child_main(*state_->body, name, parent, mask);
+            fork_errno = errno;
+        });
+    } catch (...) {
+        ::pthread_sigmask(SIG_SETMASK, &mask, nullptr);
+        throw;
+    }
     ::pthread_sigmask(SIG_SETMASK, &mask, nullptr);
     if (pid < 0) {
         errno = fork_errno;

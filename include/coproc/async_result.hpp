@@ -32,6 +32,22 @@ namespace coproc {
 
 namespace detail {
 
+/// While alive, marks this thread as running a result callback of the pool `core` (so that a
+/// pool destroyed from inside its own callback can tell, see ~pool). Scopes nest.
+class callback_scope {
+  public:
+    explicit callback_scope(const pool_core* core) noexcept;
+    ~callback_scope();
+    callback_scope(const callback_scope&) = delete;
+    callback_scope& operator=(const callback_scope&) = delete;
+    /// True if this thread is running a result callback of `core`.
+    static bool inside(const pool_core* core) noexcept;
+
+  private:
+    const pool_core* core_;
+    const callback_scope* outer_;
+};
+
 /// Where a call's outcome lands: a value or an exception, set once.
 template <class R> class completion {
   public:
@@ -115,7 +131,8 @@ template <class R> class completion {
     }
 
   private:
-    template <class F> static void run_callback(F&& f) noexcept {
+    template <class F> void run_callback(F&& f) noexcept {
+        callback_scope in(core_.get());
         try {
             f();
         } catch (const std::exception& e) {

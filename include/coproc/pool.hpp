@@ -172,6 +172,16 @@ class pool {
     /// reads keep that io_context busy until close()/terminate() and the workers' exit.
     pool(asio::any_io_executor ex, pool_options options = {});
     /// terminate() then join(), like leaving Python's `with Pool() as p:`.
+    ///
+    /// Destroying a pool from inside one of its own result callbacks (the callback or
+    /// error_callback of an `*_async` call) is a usage error: the destructor would wait there for
+    /// the event loop that is running the callback. It neither hangs nor crashes: it terminates
+    /// the pool (unfinished tasks fail with pool_closed, their error_callbacks run right there),
+    /// prints one line on stderr saying so, and returns; the workers are reaped and the pool's own
+    /// loop thread stopped once the callback has returned (with the caller's io_context, by a
+    /// handler posted to it). Destroy the pool outside its callbacks, e.g. by posting the
+    /// destruction elsewhere. Destroying a pool in a coroutine that runs on the pool's executor
+    /// (not a callback) is the normal, blocking destruction.
     ~pool();
     pool(const pool&) = delete;
     pool& operator=(const pool&) = delete;

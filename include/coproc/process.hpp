@@ -16,8 +16,20 @@
 //
 // exitcode() is nullopt while the child runs, its exit status once it exited, and -N if signal
 // N killed it (as Python). A non-daemon process is joined by the destructor (Python joins its
-// children at exit); a daemon process is terminated, then killed if it lingers, and also killed
-// by the kernel if the parent dies (PR_SET_PDEATHSIG). Every child is reaped; no zombie stays.
+// children at exit); a daemon process is terminated, then killed if it lingers. Every child is
+// reaped; no zombie stays.
+//
+// Parent death: every child, daemon or not, is killed by the kernel (PR_SET_PDEATHSIG, SIGKILL)
+// if the parent process dies before it, so no child outlives a parent that was SIGKILLed,
+// crashed, or left through std::exit/_exit without destroying its process objects (unlike
+// Python, which joins non-daemon children in an atexit hook). The kernel ties that signal to the
+// *thread* that forked, not to the process, so start() forks from a thread that lives as long as
+// the process: the calling thread if it is the main thread, otherwise a helper thread that
+// coproc starts on first use and keeps for the life of the process (start() waits for it). A
+// process started from a short-lived thread thus keeps running after that thread has exited.
+// Consequences: a child forked by the helper is a copy of the helper thread, so thread_local
+// variables in the child are the helper's (fresh), not the caller's; and children started on
+// the main thread are killed if the main thread ends with pthread_exit() while others go on.
 #pragma once
 
 #include <coproc/detail/function_id.hpp>
@@ -68,8 +80,8 @@ class process {
     /// Joins a started non-daemon process; terminates (then kills) and reaps a daemon one.
     ~process();
 
-    /// Forks the child. Throws coproc::error if already started, std::system_error if fork
-    /// fails.
+    /// Forks the child (on the main thread or coproc's helper thread, see above). Throws
+    /// coproc::error if already started, std::system_error if fork fails.
     void start();
     /// Waits for the child to end.
     void join();
@@ -94,7 +106,8 @@ class process {
 
     /// A name for messages ("process-N" unless set).
     std::string name;
-    /// Daemons are killed when the parent exits (or destroys this object).
+    /// A daemon is terminated (not joined) when this object is destroyed. Daemon or not, the
+    /// child is killed if the parent process dies.
     bool daemon = false;
 
   private:
