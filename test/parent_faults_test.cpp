@@ -532,7 +532,10 @@ TEST_CASE("a parent that handles SIGINT by terminating the pool exits 0, joined,
         // 0: the map failed with pool_closed and every child was reaped before exit (see the
         // role for the other codes).
         CHECK(WEXITSTATUS(st) == 0);
-        check_all_gone(below, t0, 1s); // reaped by the parent itself: nothing was adopted
+        // Reaped by the parent itself before its exit (nothing was adopted). This is an orderly
+        // shutdown, measured to the end of the parent's exit (with LeakSanitizer's scan in the
+        // ASan build), so the bound is looser than for a killed parent.
+        check_all_gone(below, t0, 10s);
         check_no_children_left();
     }
 }
