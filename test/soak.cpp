@@ -11,7 +11,8 @@
 //
 // Accounting: every call (every chunk of a fully read imap) gets a ledger id and must end
 // exactly once, as done (its value checked) or failed with an error its kind allows:
-// worker_lost by SIGKILL for anything (the killer), its own signal or exit status for a faulting
+// worker_lost by SIGKILL for anything (the killer) or for a task that finished in a worker that
+// died before its reply left (at most once), its own signal or exit status for a faulting
 // task, timeout_error for the endless loop, its own exception for a throwing one. A wrong value,
 // an unexpected error, a second completion or no completion by the end counts as lost. Tasks
 // that take their ledger id also count their executions in shared memory: a task that returns
@@ -61,6 +62,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <thread>
@@ -338,6 +340,10 @@ std::string unexpected(const allowed& a, const std::exception_ptr& e) {
         std::rethrow_exception(e);
     } catch (const coproc::worker_lost& x) {
         if (x.signal() == SIGKILL)
+            return {};
+        // Finished in a worker that then died, whatever killed it, before its reply left: a
+        // task runs at most once, so it fails rather than run again.
+        if (std::string_view(x.what()).find("before sending its result") != std::string_view::npos)
             return {};
         if (a.k == kind::abort_ && x.signal() == SIGABRT)
             return {};
