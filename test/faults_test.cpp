@@ -287,39 +287,20 @@ family g_family_before;
 bool no_new_zombie() { return scan_family().zombies <= g_family_before.zombies; }
 
 family scan_family() {
-    std::map<int, std::pair<int, char>> procs; // pid -> (ppid, state)
-    if (DIR* d = opendir("/proc")) {
-        while (dirent* e = readdir(d)) {
-            if (e->d_name[0] < '0' || e->d_name[0] > '9')
-                continue;
-            std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
-            std::string line;
-            if (!std::getline(f, line))
-                continue;
-            const auto close = line.rfind(')');
-            if (close == std::string::npos || close + 2 >= line.size())
-                continue;
-            std::istringstream rest(line.substr(close + 2));
-            char state = 0;
-            int ppid = 0;
-            rest >> state >> ppid;
-            procs[std::atoi(e->d_name)] = {ppid, state};
-        }
-        closedir(d);
-    }
+    const auto procs = coproc::test::process_table();
     family out;
     std::set<int> tree{static_cast<int>(::getpid())};
     for (bool grew = true; grew;) {
         grew = false;
         for (const auto& [pid, p] : procs)
-            if (tree.count(p.first) && tree.insert(pid).second) {
+            if (tree.count(p.ppid) && tree.insert(pid).second) {
                 grew = true;
                 ++out.descendants;
                 out.pids.push_back(pid);
-                if (p.second == 'Z') {
+                if (p.state == 'Z') {
                     ++out.zombies;
                     out.zombie_list +=
-                        " " + std::to_string(pid) + "(parent " + std::to_string(p.first) + ")";
+                        " " + std::to_string(pid) + "(parent " + std::to_string(p.ppid) + ")";
                 }
             }
     }
@@ -358,37 +339,6 @@ void dump_family(std::FILE* out) {
         }
     }
 }
-
-/// coproc::test::watchdog, but before aborting it shows where every process of the tree
-/// waits, so that a hang tells whether a worker or the parent is stuck.
-class cell_watchdog {
-  public:
-    cell_watchdog(std::chrono::seconds limit, std::string what)
-        : what_(std::move(what)), t_([this, limit] {
-              std::unique_lock lk(m_);
-              if (!cv_.wait_for(lk, limit, [&] { return done_; })) {
-                  std::fprintf(stderr, "watchdog: %s still running after %llds; processes:\n",
-                               what_.c_str(), static_cast<long long>(limit.count()));
-                  dump_family(stderr);
-                  std::abort();
-              }
-          }) {}
-    ~cell_watchdog() {
-        {
-            std::lock_guard lk(m_);
-            done_ = true;
-        }
-        cv_.notify_all();
-        t_.join();
-    }
-
-  private:
-    std::string what_;
-    std::mutex m_;
-    std::condition_variable cv_;
-    bool done_ = false;
-    std::thread t_;
-};
 
 // ------------------------------------------------------------------ per-cell bookkeeping
 
@@ -929,7 +879,9 @@ void run_cell(std::size_t fi, std::size_t ci) {
         }
     } rec{stats, failures_before, t0};
 
-    cell_watchdog dog(45s, what);
+    // Before aborting, show where every process of the tree waits: a hang then tells whether a
+    // worker or the parent is stuck.
+    coproc::test::watchdog dog(45s, what, [] { dump_family(stderr); });
     shared().reset();
     const auto before = g_family_before = scan_family();
     CHECK_MESSAGE(before.zombies == 0, "zombies before the cell:" << before.zombie_list);

@@ -335,25 +335,8 @@ std::vector<pid_t> read_report(const parent_proc& p) {
 /// Every live process: pid -> parent pid.
 std::map<pid_t, pid_t> process_parents() {
     std::map<pid_t, pid_t> out;
-    if (DIR* d = ::opendir("/proc")) {
-        while (dirent* e = ::readdir(d)) {
-            if (e->d_name[0] < '0' || e->d_name[0] > '9')
-                continue;
-            std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
-            std::string line;
-            if (!std::getline(f, line))
-                continue;
-            const auto close = line.rfind(')');
-            if (close == std::string::npos)
-                continue;
-            std::istringstream rest(line.substr(close + 2));
-            char state = 0;
-            pid_t ppid = 0;
-            rest >> state >> ppid;
-            out[std::atoi(e->d_name)] = ppid;
-        }
-        ::closedir(d);
-    }
+    for (const auto& [pid, p] : coproc::test::process_table())
+        out[pid] = p.ppid;
     return out;
 }
 

@@ -13,6 +13,8 @@
 #include <dirent.h>
 #include <exception>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -21,15 +23,19 @@
 
 namespace coproc::test {
 
-/// Aborts the test binary (so the run fails loudly instead of hanging) if not disarmed in time.
+/// Aborts the test binary (so the run fails loudly instead of hanging) if not disarmed in time;
+/// `on_timeout` may print what is stuck first.
 class watchdog {
   public:
-    explicit watchdog(std::chrono::seconds limit, const char* what = "test")
-        : t_([this, limit, what] {
+    explicit watchdog(std::chrono::seconds limit, std::string what = "test",
+                      std::function<void()> on_timeout = {})
+        : t_([this, limit, what = std::move(what), on_timeout = std::move(on_timeout)] {
               std::unique_lock lk(m_);
               if (!cv_.wait_for(lk, limit, [&] { return done_; })) {
-                  std::fprintf(stderr, "watchdog: %s still running after %llds: aborting\n", what,
-                               static_cast<long long>(limit.count()));
+                  std::fprintf(stderr, "watchdog: %s still running after %llds: aborting\n",
+                               what.c_str(), static_cast<long long>(limit.count()));
+                  if (on_timeout)
+                      on_timeout();
                   std::abort();
               }
           }) {}
@@ -51,7 +57,8 @@ class watchdog {
 
 /// Runs `body(io)` as a coroutine on a fresh io_context until it finishes; an escaping
 /// exception fails the test.
-template <class Body> void run_coroutine(Body body, std::chrono::seconds limit = std::chrono::seconds(60)) {
+template <class Body>
+void run_coroutine(Body body, std::chrono::seconds limit = std::chrono::seconds(60)) {
     watchdog dog(limit);
     asio::io_context io;
     std::exception_ptr failure;
@@ -84,14 +91,15 @@ inline int fd_count() {
     return n - 1; // the DIR's own descriptor
 }
 
-/// Children of this process (state, any), and how many are zombies.
-struct children {
-    int total = 0;
-    int zombies = 0;
+/// One live process as /proc/PID/stat shows it.
+struct proc_entry {
+    pid_t ppid = 0;
+    char state = 0; // 'R', 'S', 'Z', ...
 };
-inline children child_count() {
-    children c;
-    const std::string me = std::to_string(getpid());
+
+/// Every live process: pid -> (parent, state).
+inline std::map<pid_t, proc_entry> process_table() {
+    std::map<pid_t, proc_entry> out;
     if (DIR* d = opendir("/proc")) {
         while (dirent* e = readdir(d)) {
             if (e->d_name[0] < '0' || e->d_name[0] > '9')
@@ -100,20 +108,32 @@ inline children child_count() {
             std::string line;
             if (!std::getline(f, line))
                 continue;
-            const auto close = line.rfind(')');
-            if (close == std::string::npos)
+            const auto close = line.rfind(')'); // the command name may hold spaces and ')'
+            if (close == std::string::npos || close + 2 >= line.size())
                 continue;
             std::istringstream rest(line.substr(close + 2));
-            char state = 0;
-            std::string ppid;
-            rest >> state >> ppid;
-            if (ppid == me) {
-                ++c.total;
-                c.zombies += state == 'Z';
-            }
+            proc_entry p;
+            rest >> p.state >> p.ppid;
+            out[static_cast<pid_t>(std::atoi(e->d_name))] = p;
         }
         closedir(d);
     }
+    return out;
+}
+
+/// Children of this process (state, any), and how many are zombies.
+struct children {
+    int total = 0;
+    int zombies = 0;
+};
+inline children child_count() {
+    children c;
+    const pid_t me = getpid();
+    for (const auto& [pid, p] : process_table())
+        if (p.ppid == me) {
+            ++c.total;
+            c.zombies += p.state == 'Z';
+        }
     return c;
 }
 
@@ -124,12 +144,12 @@ inline children child_count() {
 
 /// A doctest case whose body is a coroutine: `COPROC_TEST_CASE("x") { co_await ...; }`.
 /// `io` (the io_context running it) is in scope.
-#define COPROC_TEST_CASE(name)                                                                    \
-    static asio::awaitable<void> COPROC_TEST_CAT(coproc_test_body_, __LINE__)(asio::io_context&); \
-    TEST_CASE(name) {                                                                             \
-        ::coproc::test::run_coroutine([](asio::io_context& io) {                                  \
-            return COPROC_TEST_CAT(coproc_test_body_, __LINE__)(io);                              \
-        });                                                                                       \
-    }                                                                                             \
-    static asio::awaitable<void> COPROC_TEST_CAT(coproc_test_body_, __LINE__)(                    \
-        [[maybe_unused]] asio::io_context & io)
+#define COPROC_TEST_CASE(name)                                                                     \
+    static asio::awaitable<void> COPROC_TEST_CAT(coproc_test_body_, __LINE__)(asio::io_context&);  \
+    TEST_CASE(name) {                                                                              \
+        ::coproc::test::run_coroutine([](asio::io_context& io) {                                   \
+            return COPROC_TEST_CAT(coproc_test_body_, __LINE__)(io);                               \
+        });                                                                                        \
+    }                                                                                              \
+    static asio::awaitable<void> COPROC_TEST_CAT(coproc_test_body_,                                \
+                                                 __LINE__)([[maybe_unused]] asio::io_context & io)
