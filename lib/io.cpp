@@ -10,6 +10,7 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -40,6 +41,7 @@ std::atomic<std::uint64_t> fork_generation{0};
 struct registry_entry {
     std::weak_ptr<void> core;
     handle_kind kind;
+    std::vector<int> fds;
 };
 
 // The registry's mutex is held across fork() (pthread_atfork), so a child never inherits it
@@ -78,15 +80,25 @@ const char* kind_name(handle_kind k) {
 
 } // namespace
 
-std::uint64_t register_handle(std::weak_ptr<void> core, handle_kind kind) {
+std::uint64_t register_handle(std::weak_ptr<void> core, handle_kind kind, std::vector<int> fds) {
     auto& r = registry::instance();
     std::lock_guard lk(r.mu);
     // An odd 64-bit Weyl sequence from a random start: unique, and unguessable enough that a
     // token from another program is not mistaken for one of ours.
     r.next += 0x9e3779b97f4a7c16ull;
     const std::uint64_t token = r.next;
-    r.entries.emplace(token, registry_entry{std::move(core), kind});
+    r.entries.emplace(token, registry_entry{std::move(core), kind, std::move(fds)});
     return token;
+}
+
+std::vector<int> handle_descriptors() {
+    auto& r = registry::instance();
+    std::lock_guard lk(r.mu);
+    std::vector<int> out;
+    for (const auto& [token, e] : r.entries)
+        if (!e.core.expired())
+            out.insert(out.end(), e.fds.begin(), e.fds.end());
+    return out;
 }
 
 void unregister_handle(std::uint64_t token) noexcept {
@@ -129,43 +141,62 @@ std::system_error os_error(const char* what) {
     return std::system_error(errno, std::system_category(), what);
 }
 
-ssize_t send_with_fd(int sock, std::span<iovec> iov, int fd, int flags) noexcept {
+ssize_t send_with_fds(int sock, std::span<iovec> iov, std::span<const int> fds,
+                      int flags) noexcept {
     msghdr m{};
     m.msg_iov = iov.data();
     m.msg_iovlen = iov.size();
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    if (fd >= 0) {
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_passed_fds)];
+    if (!fds.empty() && fds.size() <= max_passed_fds) {
         m.msg_control = control;
-        m.msg_controllen = sizeof control;
+        m.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
         cmsghdr* c = CMSG_FIRSTHDR(&m);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+        c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+        std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
     }
     return ::sendmsg(sock, &m, flags | MSG_NOSIGNAL);
 }
 
-ssize_t recv_with_fd(int sock, std::span<iovec> iov, unique_fd& passed, int flags,
-                     bool* truncated) noexcept {
+ssize_t send_with_fd(int sock, std::span<iovec> iov, int fd, int flags) noexcept {
+    return send_with_fds(sock, iov, fd >= 0 ? std::span<const int>(&fd, 1) : std::span<const int>(),
+                         flags);
+}
+
+ssize_t recv_with_fds(int sock, std::span<iovec> iov, std::span<unique_fd> passed, int flags,
+                      bool* truncated) noexcept {
     msghdr m{};
     m.msg_iov = iov.data();
     m.msg_iovlen = iov.size();
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_passed_fds)];
     m.msg_control = control;
-    m.msg_controllen = sizeof control;
+    m.msg_controllen = CMSG_SPACE(sizeof(int) * std::min(passed.size(), max_passed_fds));
     const ssize_t n = ::recvmsg(sock, &m, flags | MSG_CMSG_CLOEXEC);
     if (n < 0)
         return n;
     if (truncated)
         *truncated = (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+    std::size_t next = 0;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count; ++i) {
             int fd;
-            std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
-            passed.reset(fd);
+            std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (next < passed.size())
+                passed[next++].reset(fd);
+            else
+                ::close(fd);
         }
+    }
     return n;
+}
+
+ssize_t recv_with_fd(int sock, std::span<iovec> iov, unique_fd& passed, int flags,
+                     bool* truncated) noexcept {
+    return recv_with_fds(sock, iov, {&passed, 1}, flags, truncated);
 }
 
 void unique_fd::reset(int fd) noexcept {

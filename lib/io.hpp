@@ -51,6 +51,18 @@ class unique_fd {
     int fd_ = -1;
 };
 
+/// The most descriptors one message passes.
+inline constexpr std::size_t max_passed_fds = 4;
+
+/// One sendmsg of `iov` with descriptors `fds` attached (SCM_RIGHTS; at most max_passed_fds);
+/// MSG_NOSIGNAL is added to `flags`. Returns what sendmsg returns (errno set on failure).
+ssize_t send_with_fds(int sock, std::span<iovec> iov, std::span<const int> fds,
+                      int flags) noexcept;
+/// One recvmsg into `iov`; the descriptors passed with the message (made O_CLOEXEC) go to
+/// `passed` in order (extra ones are closed). `truncated` as for recv_with_fd.
+ssize_t recv_with_fds(int sock, std::span<iovec> iov, std::span<unique_fd> passed, int flags,
+                      bool* truncated = nullptr) noexcept;
+
 /// One sendmsg of `iov` with descriptor `fd` attached (SCM_RIGHTS) unless `fd` is negative;
 /// MSG_NOSIGNAL is added to `flags`. Returns what sendmsg returns (errno set on failure).
 ssize_t send_with_fd(int sock, std::span<iovec> iov, int fd, int flags) noexcept;

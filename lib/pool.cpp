@@ -1,7 +1,9 @@
 // pool: the public class around pool_core, and the event-loop thread a pool may own.
+#include "child_setup.hpp"
 #include "fork_thread.hpp"
 #include <coproc/pool.hpp>
 
+#include <asio/detail/reactor.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 
@@ -40,8 +42,18 @@ void pool_core::check_blocking(const char* what) const {
                             "event loop; co_await the async_ form instead");
 }
 
+// The descriptors Asio opens for `ctx`'s reactor, entered as private (see child_setup.hpp).
+std::vector<int> register_reactor_fds(asio::io_context& ctx) {
+    static constexpr std::string_view kinds[] = {"anon_inode:[eventpoll]", "anon_inode:[eventfd]",
+                                                 "anon_inode:[timerfd]"};
+    const auto before = open_fds();
+    asio::use_service<asio::detail::reactor>(ctx);
+    return register_new_fds(before, kinds);
+}
+
 struct own_loop {
     asio::io_context ctx{1};
+    const std::vector<int> reactor_fds = register_reactor_fds(ctx);
     asio::executor_work_guard<asio::io_context::executor_type> guard{ctx.get_executor()};
     std::shared_ptr<pool_core> abandoned; // set by abandon(): this thread finishes the teardown
     std::mutex start_mu;
@@ -114,6 +126,8 @@ struct own_loop {
     }
 
     ~own_loop() {
+        for (int fd : reactor_fds)
+            unregister_private_fd(fd);
         if (!thread.joinable())
             return; // abandoned: run() deletes this on its own thread
         release();  // if the pool failed to start

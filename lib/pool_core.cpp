@@ -3,6 +3,7 @@
 // All state is guarded by one mutex; handlers run on the pool's executor and take it. Sinks
 // (user-visible completions and callbacks) are always called with the mutex released, so a
 // callback may call back into the pool. fork() is never called with the mutex held.
+#include "child_setup.hpp"
 #include "io.hpp"
 #include "transport.hpp"
 #include "worker.hpp"
@@ -41,11 +42,13 @@
 
 namespace coproc::detail {
 
+// The pool replaces the entry digest by the frame's MAC when it first hands the frame to a
+// worker (seal_task_frame): only the pool holds the key.
 void append_task_prefix(std::vector<char>& out, const task_entry* entry, erased_fn fn) {
-    const std::int64_t words[3] = {offset_of(entry), offset_of(reinterpret_cast<const void*>(fn)),
-                                   static_cast<std::int64_t>(entry->signature)};
-    const auto* p = reinterpret_cast<const char*>(words);
-    out.insert(out.end(), p, p + sizeof words);
+    const task_prefix p{offset_of(entry), offset_of(reinterpret_cast<const void*>(fn)),
+                        entry_digest(*entry)};
+    const auto* bytes = reinterpret_cast<const char*>(&p);
+    out.insert(out.end(), bytes, bytes + sizeof p);
 }
 
 namespace {
@@ -54,6 +57,12 @@ using socket_t = asio::local::stream_protocol::socket;
 
 constexpr std::size_t small_frame = 8 * 1024; // copied together into one write buffer
 constexpr auto exit_grace = std::chrono::milliseconds(200);
+constexpr std::uint64_t max_task_ns = 3'600'000'000'000;
+// Above this, a buffer is given back after use rather than kept for the next message.
+constexpr std::size_t keep_capacity = 4 << 20;
+// How long a worker forked by the fork server may be gone before the fork server's report of
+// its exit status is given up on.
+constexpr auto report_wait = std::chrono::milliseconds(1000);
 
 std::string describe(const job& j) {
     return "task " + std::to_string(j.id) + " (" + std::string(j.name) + ")";
@@ -82,7 +91,7 @@ struct worker_proc {
     frame_decoder dec;
     std::uint64_t assigned = 0;
     std::int64_t idle_since = 0; // for timeouts: when an idle worker with work was first seen
-    int status = 0;
+    std::optional<int> status; // its wait status, once known
     bool writing = false;
     bool retiring = false; // got maxtasksperchild tasks: it exits after answering them
     bool shut = false;     // our write side is shut: the worker exits when done
@@ -90,9 +99,18 @@ struct worker_proc {
     bool exited = false;
     bool finalized = false;
     bool timed_out = false;
-    bool from_zygote = false; // its exit is reported by the fork server, not by our pidfd
+    bool from_zygote = false; // its exit status is reported by the fork server
+    bool answered = false;    // it has sent a reply (so its initializer ran)
     std::string protocol_error;
     std::vector<job_ptr> parked; // failed jobs whose frames the write in progress still reads
+
+    /// The signal that killed it (0: none) and its exit status (-1: none or unknown).
+    std::pair<int, int> exit_info() const noexcept {
+        const int st = status.value_or(0);
+        if (!status)
+            return {0, -1};
+        return {WIFSIGNALED(st) ? WTERMSIG(st) : 0, WIFEXITED(st) ? WEXITSTATUS(st) : -1};
+    }
 
     bool accepts() const noexcept {
         return !eof && !exited && !retiring && !timed_out && !shut && protocol_error.empty();
@@ -117,11 +135,22 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         : ex_(std::move(ex)), opt_(opts), own_loop_(own_loop) {
         if (opt_.processes == 0)
             opt_.processes = std::max(1u, std::thread::hardware_concurrency());
-        const std::size_t bytes = sizeof(worker_slot) * opt_.processes;
-        void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED)
-            throw os_error("mmap of the pool's worker slots failed");
-        slots_ = new (m) worker_slot[opt_.processes];
+        // Drawn first (nothing to undo if it throws), before the fork server: it and every
+        // worker inherit the key.
+        cfg_.key = task_key::random();
+        // The slots live in a memfd that only this pool's fork server and workers map: the
+        // parent's mapping is not inherited by other children (MADV_DONTFORK).
+        slots_fd_.reset(::memfd_create("coproc-pool-slots", MFD_CLOEXEC));
+        if (!slots_fd_ || ::ftruncate(slots_fd_.get(), slots_bytes()) != 0)
+            throw os_error("memfd for the pool's worker slots failed");
+        slots_ = new (map_slots(slots_fd_.get(), opt_.processes)) worker_slot[opt_.processes];
+        ::madvise(slots_, slots_bytes(), MADV_DONTFORK);
+        register_private_fd(slots_fd_.get());
+        cfg_.slots_fd = slots_fd_.get();
+        cfg_.slots = opt_.processes;
+        cfg_.only_needed_fds = opt_.close_fds;
+        if (opt_.close_fds)
+            cfg_.keep_fds = handle_descriptors();
         slot_used_.assign(opt_.processes, false);
         cfg_.parent = ::getpid();
         cfg_.initializer = opt_.initializer;
@@ -131,7 +160,11 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             timer_ = std::make_unique<asio::steady_timer>(ex_);
     }
 
-    ~core_impl() override { ::munmap(slots_, sizeof(worker_slot) * opt_.processes); }
+    ~core_impl() override {
+        ::munmap(slots_, slots_bytes());
+        if (slots_fd_)
+            unregister_private_fd(slots_fd_.get());
+    }
 
     void start() {
         try {
@@ -154,13 +187,14 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     // multi-threaded) process; if it cannot be made, workers are forked here instead.
     void start_zygote() {
         try {
-            zygote_ = std::make_shared<zygote>(slots_, cfg_);
+            zygote_ = std::make_shared<zygote>(cfg_);
             const int ev = ::fcntl(zygote_->events_fd(), F_DUPFD_CLOEXEC, 0);
             if (ev < 0)
                 throw os_error("dup of the fork server's event socket failed");
+            register_private_fd(ev);
             zygote_events_ = std::make_unique<asio::posix::stream_descriptor>(ex_, ev);
         } catch (const std::exception&) {
-            zygote_events_.reset();
+            drop_zygote_events();
             zygote_.reset();
             return;
         }
@@ -297,7 +331,9 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         }
         workers_.clear();
         timer_.reset();
-        zygote_events_.reset();
+        drop_zygote_events();
+        unregister_private_fd(slots_fd_.get()); // no worker is forked any more
+        slots_fd_.reset();
         auto z = zygote_;
         post_join_waiters();
         join_cv_.notify_all();
@@ -327,6 +363,8 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
 
   private:
     enum class run_state { running, closing, terminated };
+
+    std::size_t slots_bytes() const noexcept { return sizeof(worker_slot) * opt_.processes; }
 
     void check_open_locked() const {
         if (broken_)
@@ -376,36 +414,26 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             if (!zygote_lost_)
                 z = zygote_;
         }
-        pid_t pid = -1;
-        int fd = -1;
+        zygote::spawned s{-1, -1, -1};
         if (z) {
             try {
-                const auto s = z->spawn(slot);
-                pid = s.pid;
-                fd = s.fd;
+                s = z->spawn(slot);
             } catch (const std::system_error&) {
                 std::lock_guard lk(mu_);
                 zygote_lost_ = true; // fork here from now on
             }
         }
-        const bool from_zygote = pid > 0;
+        const bool from_zygote = s.pid > 0;
         if (!from_zygote)
-            std::tie(pid, fd) = fork_worker(slot);
-        const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-        if (pfd < 0 && !from_zygote) {
-            const auto e = os_error("pidfd_open of a pool worker failed (Linux >= 5.3 needed)");
-            ::kill(pid, SIGKILL);
-            ::waitpid(pid, nullptr, 0);
-            ::close(fd);
-            throw e;
-        }
+            s = fork_worker(slot);
+        register_private_fd(s.fd);
+        register_private_fd(s.pidfd);
         auto w = std::make_shared<worker_proc>();
-        w->pid = pid;
+        w->pid = s.pid;
         w->slot = slot;
         w->from_zygote = from_zygote;
-        w->sock = std::make_unique<socket_t>(ex_, asio::local::stream_protocol(), fd);
-        if (pfd >= 0) // a zygote's worker may already be gone: its exit event tells
-            w->pidfd = std::make_unique<asio::posix::stream_descriptor>(ex_, pfd);
+        w->sock = std::make_unique<socket_t>(ex_, asio::local::stream_protocol(), s.fd);
+        w->pidfd = std::make_unique<asio::posix::stream_descriptor>(ex_, s.pidfd);
         std::vector<failure> failed;
         std::optional<std::size_t> replace;
         {
@@ -414,9 +442,8 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             if (state_ == run_state::terminated)
                 kill_worker(*w);
             start_read(w);
-            if (!from_zygote)
-                start_wait(w);
-            else if (auto it = early_exits_.find(pid); it != early_exits_.end()) {
+            start_wait(w);
+            if (auto it = early_exits_.find(s.pid); from_zygote && it != early_exits_.end()) {
                 const int st = it->second;
                 early_exits_.erase(it);
                 note_exit(w, st, failed, replace);
@@ -428,35 +455,59 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             respawn(*replace);
     }
 
-    // The fallback: fork a worker from this process. Returns its pid and our socket end.
-    std::pair<pid_t, int> fork_worker(std::size_t slot) {
-        worker_config cfg = cfg_;
-        {
-            std::lock_guard lk(mu_); // the child closes the other workers' descriptors
-            for (const auto& w : workers_) {
-                if (w->sock)
-                    cfg.close_fds.push_back(w->sock->native_handle());
-                if (w->pidfd)
-                    cfg.close_fds.push_back(w->pidfd->native_handle());
-            }
-        }
+    // The fallback: fork a worker from this process. Returns its pid, our socket end and its
+    // pidfd.
+    zygote::spawned fork_worker(std::size_t slot) {
         int sv[2];
         if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
             throw os_error("socketpair for a pool worker failed");
-        cfg.close_fds.push_back(sv[0]);
+        register_private_fd(sv[0]); // no process child forked meanwhile may keep either end
+        register_private_fd(sv[1]);
         tune_worker_socket(sv[0]);
         tune_worker_socket(sv[1]);
         const pid_t pid = ::fork();
+        if (pid == 0)
+            fallback_worker_main(sv[1], slot);
+        const int err = errno;
+        unregister_private_fd(sv[0]);
+        unregister_private_fd(sv[1]);
+        ::close(sv[1]);
         if (pid < 0) {
-            const auto e = os_error("fork of a pool worker failed");
             ::close(sv[0]);
-            ::close(sv[1]);
+            errno = err;
+            throw os_error("fork of a pool worker failed");
+        }
+        const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        if (pfd < 0) {
+            const auto e = os_error("pidfd_open of a pool worker failed (Linux >= 5.3 needed)");
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+            ::close(sv[0]);
             throw e;
         }
-        if (pid == 0)
-            worker_main(sv[1], &slots_[slot], cfg);
-        ::close(sv[1]);
-        return {pid, sv[0]};
+        return {pid, sv[0], pfd};
+    }
+
+    // A worker forked by this (possibly threaded) process: it keeps only its own descriptors
+    // and maps the slots itself (the parent's mapping is not inherited).
+    [[noreturn]] void fallback_worker_main(int fd, std::size_t slot) noexcept {
+        const int mine[] = {fd, cfg_.slots_fd};
+        if (cfg_.only_needed_fds) {
+            std::vector<int> keep(cfg_.keep_fds);
+            keep.insert(keep.end(), std::begin(mine), std::end(mine));
+            close_fds_except(std::move(keep));
+        } else {
+            close_private_fds(mine);
+        }
+        worker_slot* slots = nullptr;
+        try {
+            slots = map_slots(cfg_.slots_fd, cfg_.slots);
+        } catch (...) {
+            _exit(71);
+        }
+        worker_config cfg = cfg_;
+        cfg.close_fds = {cfg_.slots_fd};
+        worker_main(fd, &slots[slot], cfg);
     }
 
     // A replacement for a worker that left `slot`; never throws into the event loop.
@@ -542,12 +593,18 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                             ", which it was not running");
             job_ptr j = std::move(w->inflight.front());
             w->inflight.pop_front();
-            if (f.kind == frame_kind::result)
-                avg_ns_ += (static_cast<std::int64_t>(f.aux) - avg_ns_) / 8;
+            w->answered = true;
+            if (f.kind == frame_kind::result) // a worker's figure, so bounded: 1 hour at most
+                avg_ns_ += (static_cast<std::int64_t>(std::min<std::uint64_t>(f.aux, max_task_ns)) -
+                            avg_ns_) /
+                           8;
             replies.push_back({std::move(j), f});
             return;
         }
         case frame_kind::init_failed: {
+            if (w->answered) // an initializer runs before the first task, not after
+                throw error("protocol error: a worker reported a failed initializer after it "
+                            "had answered tasks");
             const auto e = decode_exception(f.payload, "the pool initializer");
             broken_ = std::make_exception_ptr(error("the pool initializer failed in worker " +
                                                     std::to_string(w->pid) + ": " + what_of(e)));
@@ -568,20 +625,46 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         }
     }
 
+    // The worker's pidfd is readable: it has exited.
     void on_exit(const worker_ptr& w) {
         std::vector<failure> failed;
         std::optional<std::size_t> replace;
         {
             std::lock_guard lk(mu_);
-            if (!w->pidfd || w->finalized)
+            if (!w->pidfd || w->finalized || w->exited)
                 return;
+            if (w->from_zygote) {
+                // The fork server reaps it and reports its status. Should that report never
+                // come (the fork server stopped, say), the worker is gone all the same.
+                w->grace = std::make_unique<asio::steady_timer>(ex_, report_wait);
+                w->grace->async_wait([self = shared_from_this(), w](std::error_code ec) {
+                    if (!ec)
+                        self->on_unreported_exit(w);
+                });
+                return;
+            }
             int st = 0;
             const pid_t r = ::waitpid(w->pid, &st, WNOHANG);
             if (r == 0) { // readable before the zombie is visible: wait again
                 start_wait(w);
                 return;
             }
-            note_exit(w, st, failed, replace);
+            // r < 0: reaped by the kernel (this process ignores SIGCHLD); the status is lost.
+            note_exit(w, r > 0 ? std::optional<int>(st) : std::nullopt, failed, replace);
+        }
+        run(failed);
+        if (replace)
+            respawn(*replace);
+    }
+
+    void on_unreported_exit(const worker_ptr& w) {
+        std::vector<failure> failed;
+        std::optional<std::size_t> replace;
+        {
+            std::lock_guard lk(mu_);
+            if (w->finalized || w->exited)
+                return;
+            note_exit(w, std::nullopt, failed, replace);
         }
         run(failed);
         if (replace)
@@ -609,7 +692,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             if (ec || n != sizeof event_) {
                 // The fork server is gone (killed?), and its workers with it (PDEATHSIG).
                 zygote_lost_ = true;
-                zygote_events_.reset();
+                drop_zygote_events();
                 for (auto w : std::vector<worker_ptr>(workers_))
                     if (w->from_zygote && !w->exited) {
                         std::optional<std::size_t> r;
@@ -636,8 +719,9 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             respawn(slot);
     }
 
-    // Worker `w` has exited with wait status `st`: finalize once its replies are read.
-    void note_exit(const worker_ptr& w, int st, std::vector<failure>& failed,
+    // Worker `w` has exited with wait status `st` (none: unknown): finalize once its replies
+    // are read.
+    void note_exit(const worker_ptr& w, std::optional<int> st, std::vector<failure>& failed,
                    std::optional<std::size_t>& replace) {
         w->exited = true;
         w->status = st;
@@ -675,11 +759,11 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                 timeout_error(describe(j) + " ran longer than the task timeout of " +
                               std::to_string(opt_.task_timeout.count()) + " ms; its worker " +
                               std::to_string(w.pid) + " was killed"));
-        const int sig = WIFSIGNALED(w.status) ? WTERMSIG(w.status) : 0;
-        const int code = WIFEXITED(w.status) ? WEXITSTATUS(w.status) : -1;
+        const auto [sig, code] = w.exit_info();
         std::string how =
-            sig ? "was killed by signal " + std::to_string(sig) + " (" + ::strsignal(sig) + ")"
-                : "exited with status " + std::to_string(code);
+            sig    ? "was killed by signal " + std::to_string(sig) + " (" + ::strsignal(sig) + ")"
+            : w.status ? "exited with status " + std::to_string(code)
+                       : std::string("exited (its exit status was not reported)");
         if (!w.protocol_error.empty())
             how = "sent a malformed reply (" + w.protocol_error + ")";
         return std::make_exception_ptr(worker_lost("worker process " + std::to_string(w.pid) + " " +
@@ -689,8 +773,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
 
     // Task `j` ran to the end on worker `w`, but its reply died with the worker.
     std::exception_ptr result_lost(const worker_proc& w, const job& j) const {
-        const int sig = WIFSIGNALED(w.status) ? WTERMSIG(w.status) : 0;
-        const int code = WIFEXITED(w.status) ? WEXITSTATUS(w.status) : -1;
+        const auto [sig, code] = w.exit_info();
         return std::make_exception_ptr(
             worker_lost("worker process " + std::to_string(w.pid) + " died after running " +
                             describe(j) + " but before sending its result (it is not run again)",
@@ -719,12 +802,12 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             const bool was_run = ran;
             if (j->id == finished)
                 ran = false;
-            if (was_run) {
-                auto e = result_lost(*w, *j);
-                collateral.push_back({std::move(j), std::move(e)});
-            } else if (j->id == culprit || !w->protocol_error.empty()) {
+            if (!w->protocol_error.empty() || (!was_run && j->id == culprit)) {
                 auto e = lost(*w, *j); // before j is moved from
                 defer(failed, {std::move(j), std::move(e)});
+            } else if (was_run) {
+                auto e = result_lost(*w, *j);
+                collateral.push_back({std::move(j), std::move(e)});
             } else {
                 again.push_back(std::move(j));
             }
@@ -756,9 +839,15 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     // A closed pool whose workers are all gone forks no more: stop the fork server, so that
     // nothing of the pool keeps a caller's io_context running.
     void retire_zygote() {
-        zygote_events_.reset();
+        drop_zygote_events();
         if (zygote_)
             asio::post(ex_, [z = zygote_] { z->stop(); }); // a blocking waitpid: not under mu_
+    }
+
+    void drop_zygote_events() noexcept {
+        if (zygote_events_)
+            unregister_private_fd(zygote_events_->native_handle());
+        zygote_events_.reset();
     }
 
     // Signals through the pidfd where there is one, so a recycled pid is never hit.
@@ -771,10 +860,14 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
 
     void release_io(worker_proc& w) {
         std::error_code ignored;
-        if (w.sock)
+        if (w.sock) {
+            unregister_private_fd(w.sock->native_handle());
             w.sock->close(ignored);
-        if (w.pidfd)
+        }
+        if (w.pidfd) {
+            unregister_private_fd(w.pidfd->native_handle());
             w.pidfd->close(ignored);
+        }
         if (w.grace)
             w.grace->cancel();
         w.sock.reset();
@@ -812,6 +905,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             if (j->id == 0) {
                 j->id = next_id_++;
                 std::memcpy(j->frame.data() + offsetof(frame_header, id), &j->id, sizeof j->id);
+                seal_task_frame(j->frame, cfg_.key);
             }
             best->to_send.push_back(j.get());
             best->inflight.push_back(std::move(j));
@@ -876,6 +970,8 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
                               std::lock_guard lk(self->mu_);
                               w->writing = false;
                               written.swap(w->parked);
+                              if (w->staging.capacity() > keep_capacity)
+                                  std::vector<char>().swap(w->staging);
                               if (ec || !w->sock)
                                   return; // the worker is gone: on_exit takes over
                               self->start_write(w);
@@ -981,6 +1077,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     // Failures collected under mu_ that run() has not delivered yet: join() waits for them.
     std::size_t undelivered_ = 0;
     std::uint64_t next_id_ = 1;
+    unique_fd slots_fd_;
     worker_slot* slots_ = nullptr;
     std::vector<bool> slot_used_;
     std::int64_t avg_ns_ = 0;

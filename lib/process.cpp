@@ -1,5 +1,6 @@
 // process: fork, a pidfd to wait on (poll() when blocking, Asio when awaiting), waitpid to reap.
 // Also the lasting thread that forks for threads which may not outlive their children.
+#include "child_setup.hpp"
 #include "fork_thread.hpp"
 #include "io.hpp"
 #include "transport.hpp"
@@ -120,6 +121,8 @@ void run_on_lasting_thread(const std::function<void()>& fn) {
 }
 
 struct process_state {
+    ~process_state() { unregister_private_fd(pidfd.get()); }
+
     std::unique_ptr<process_body> body;
     pid_t pid = 0;
     unique_fd pidfd; // open from start() to destruction: waits and signals never hit a reused pid
@@ -169,6 +172,7 @@ void reset_signals(const sigset_t& mask) noexcept {
             ::sigaction(s, &sa, nullptr);
         }
     }
+    reset_sigchld();
     ::sigprocmask(SIG_SETMASK, &mask, nullptr);
 }
 
@@ -182,6 +186,7 @@ void reset_signals(const sigset_t& mask) noexcept {
     // start() forks on a thread that lives as long as the process (run_on_lasting_thread).
     if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent)
         _exit(1);
+    close_private_fds({}); // no pool's worker sockets, no other process's pidfd
     reset_signals(mask);
     int code = 0;
     try {
@@ -272,6 +277,7 @@ void process::start() {
     }
     state_->pid = pid;
     state_->pidfd.reset(pfd);
+    detail::register_private_fd(pfd);
 }
 
 detail::process_state& process::started_state(const char* what) const {

@@ -2,31 +2,39 @@
 #include <coproc/detail/function_id.hpp>
 #include <coproc/detail/wire.hpp>
 
+#include <algorithm>
 #include <string>
 
 namespace coproc::detail {
 
 const char function_anchor = 0;
 
+namespace {
+constexpr std::size_t keep_capacity = 4 << 20; // a larger buffer is not kept once empty
+} // namespace
+
 std::span<char> frame_decoder::write_area(std::size_t min) {
     if (begin_ == end_) {
         begin_ = end_ = 0;
+        if (buf_.size() > std::max(initial_, keep_capacity))
+            std::vector<char>(initial_).swap(buf_);
     } else if (buf_.size() - end_ < min && begin_ > 0) {
         std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
         end_ -= begin_;
         begin_ = 0;
     }
-    // A large frame whose header we hold: room for more of it, growing with what actually
-    // arrives (doubling), never with what the header merely claims.
+    // A large frame whose header we hold: room for more of it, as much as has arrived of it
+    // (doubling), never what the header merely claims. (std::vector's own growth keeps the
+    // many small resizes of a trickling frame amortised.)
     std::size_t want = min;
     if (end_ - begin_ >= sizeof(frame_header)) {
         const auto h = read_header(buf_.data() + begin_);
         const std::size_t whole = sizeof(frame_header) + h.size;
         if (h.size <= max_frame_payload && whole > end_ - begin_)
-            want = std::max(want, std::min(whole - (end_ - begin_), buf_.size()));
+            want = std::max(want, std::min(whole - (end_ - begin_), end_ - begin_));
     }
     if (buf_.size() - end_ < want)
-        buf_.resize(end_ + std::max(want, buf_.size()));
+        buf_.resize(end_ + want);
     return {buf_.data() + end_, buf_.size() - end_};
 }
 

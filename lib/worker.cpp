@@ -1,6 +1,7 @@
 // The worker loop: blocking reads, batched replies, no Asio (see pool_core.cpp for the parent).
 #include "worker.hpp"
 
+#include "child_setup.hpp"
 #include "transport.hpp"
 #include <coproc/detail/function_id.hpp>
 #include <coproc/detail/wire.hpp>
@@ -14,6 +15,7 @@
 #include <mutex>
 #include <pthread.h>
 #include <stdio_ext.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -34,12 +36,20 @@ std::vector<segment> mapped_segments() {
     dl_iterate_phdr(
         [](dl_phdr_info* info, std::size_t, void* data) {
             auto& v = *static_cast<std::vector<segment>*>(data);
+            const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
             for (int i = 0; i < info->dlpi_phnum; ++i) {
                 const auto& ph = info->dlpi_phdr[i];
-                if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_R))
-                    continue;
                 const std::uintptr_t b = info->dlpi_addr + ph.p_vaddr;
-                v.push_back({b, b + ph.p_memsz, (ph.p_flags & PF_X) != 0});
+                if (ph.p_type == PT_LOAD && (ph.p_flags & PF_R)) {
+                    v.push_back(
+                        {b, b + ph.p_memsz, (ph.p_flags & PF_X) != 0, (ph.p_flags & PF_W) != 0});
+                } else if (ph.p_type == PT_GNU_RELRO) {
+                    // The loader makes this read-only after relocation, up to its last whole
+                    // page: constants holding pointers (task entries, in a PIE) live here.
+                    const std::uintptr_t e = (b + ph.p_memsz) & ~(page - 1);
+                    if (e > b)
+                        v.push_back({b, e, false, false});
+                }
             }
             return 0;
         },
@@ -48,6 +58,9 @@ std::vector<segment> mapped_segments() {
 }
 
 namespace {
+
+// Above this, a buffer is given back after use rather than kept for the next message.
+constexpr std::size_t keep_capacity = 4 << 20;
 
 [[noreturn]] void finish(int code) noexcept {
     std::fflush(stdout);
@@ -110,7 +123,7 @@ class reply_writer {
         if (!held_.empty()) {
             held_.insert(held_.end(), out.begin(), out.end());
             out.clear();
-            write_all(fd_, held_);
+            write_held();
         } else if (!out.empty()) {
             write_all(fd_, out);
         }
@@ -148,9 +161,15 @@ class reply_writer {
             std::lock_guard lk(m_);
             if (armed_ && monotonic_ns() >= deadline_) {
                 armed_ = false;
-                write_all(fd_, held_);
+                write_held();
             }
         }
+    }
+
+    void write_held() {
+        write_all(fd_, held_);
+        if (held_.capacity() > keep_capacity)
+            std::vector<char>().swap(held_);
     }
 
     const int fd_;
@@ -161,18 +180,13 @@ class reply_writer {
     bool armed_ = false;
 };
 
+// True if [p, p + len) lies in one segment that is executable (`exec`) or else read-only.
 bool inside(const std::vector<segment>& segs, std::uintptr_t p, std::size_t len, bool exec) {
     for (const auto& s : segs)
-        if (p >= s.begin && p + len <= s.end && p + len >= p && (!exec || s.exec))
+        if (p >= s.begin && p + len <= s.end && p + len >= p && (exec ? s.exec : !s.writable))
             return true;
     return false;
 }
-
-struct task_prefix {
-    std::int64_t entry;
-    std::int64_t fn;
-    std::uint64_t signature;
-};
 
 class worker {
   public:
@@ -205,6 +219,8 @@ class worker {
                     replies_.write(out_);
             }
             replies_.write(out_);
+            if (out_.capacity() > keep_capacity) // a large result's buffer is not kept
+                std::vector<char>().swap(out_);
             const auto area = dec.write_area();
             const ssize_t n = ::read(fd_, area.data(), area.size());
             if (n == 0)
@@ -219,21 +235,29 @@ class worker {
     }
 
   private:
+    // The entry a task frame names, once the frame is shown to come from this pool: the entry
+    // lies in read-only data of this program, its invoker and the function in its code, and
+    // the frame's MAC matches the one made from the entry found there with the pool's key.
     const task_entry* resolve(const task_prefix& p) const {
         const auto base = reinterpret_cast<std::uintptr_t>(&function_anchor);
         const std::uintptr_t e = base + static_cast<std::uintptr_t>(p.entry);
         const std::uintptr_t fn = base + static_cast<std::uintptr_t>(p.fn);
         if (e % alignof(task_entry) != 0 || !inside(cfg_.segments, e, sizeof(task_entry), false))
             throw coproc::error("unknown task function: its entry offset does not point into "
-                                "this program");
+                                "read-only data of this program (a program linked with -z "
+                                "norelro keeps task entries writable: link with RELRO)");
         const auto* entry = reinterpret_cast<const task_entry*>(e);
         if (entry->magic != entry_magic)
             throw coproc::error("unknown task function: no task entry at its offset");
-        if (entry->signature != p.signature)
-            throw coproc::error("task function signature mismatch: the frame and the entry "
-                                "disagree on the function's type");
+        if (!inside(cfg_.segments, reinterpret_cast<std::uintptr_t>(entry->invoke), 1, true))
+            throw coproc::error("unknown task function: its entry's invoker is not in executable "
+                                "code");
         if (!inside(cfg_.segments, fn, 1, true))
             throw coproc::error("unknown task function: its offset is not in executable code");
+        // One 64-bit comparison: it takes the same time whichever bits differ.
+        if (task_mac(cfg_.key, p.entry, p.fn, entry_digest(*entry)) != p.mac)
+            throw coproc::error("task frame failed authentication: its MAC does not match "
+                                "(a forged frame, or one made by another pool)");
         return entry;
     }
 
@@ -253,7 +277,7 @@ class worker {
             const task_entry* entry = resolve(p);
             reader in(f.payload.subspan(sizeof p));
             {
-                writer w(out_);
+                writer w(out_, at + sizeof(frame_header) + max_frame_payload);
                 entry->invoke(
                     reinterpret_cast<erased_fn>(reinterpret_cast<std::uintptr_t>(&function_anchor) +
                                                 static_cast<std::uintptr_t>(p.fn)),
@@ -297,12 +321,20 @@ void reset_child_state() noexcept {
         }
     }
     std::signal(SIGINT, SIG_IGN);
+    reset_sigchld();
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     // Output the parent had buffered but not written belongs to the parent.
     __fpurge(stdout);
     __fpurge(stderr);
+}
+
+worker_slot* map_slots(int fd, std::size_t n) {
+    void* m = ::mmap(nullptr, sizeof(worker_slot) * n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED)
+        throw std::system_error(errno, std::system_category(), "mmap of the pool's worker slots failed");
+    return static_cast<worker_slot*>(m);
 }
 
 void tune_worker_socket(int fd) noexcept {

@@ -1,6 +1,8 @@
 // The worker process side of a pool (private to the library).
 #pragma once
 
+#include "task_key.hpp"
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -19,21 +21,32 @@ struct alignas(64) worker_slot {
                                            // be batched, unwritten); 0: none
 };
 
-/// A mapped range of the process image (a PT_LOAD segment).
+/// A mapped range of the process image: a PT_LOAD segment, or a PT_GNU_RELRO range (written
+/// by the loader, then read-only).
 struct segment {
     std::uintptr_t begin, end;
     bool exec;
+    bool writable;
 };
-/// The process image's segments, read with dl_iterate_phdr (call in the parent, not a child).
+/// The process image's segments and RELRO ranges, read with dl_iterate_phdr (call in the
+/// parent, not a child).
 std::vector<segment> mapped_segments();
 
 struct worker_config {
     pid_t parent = 0;
     void (*initializer)() = nullptr;
     std::size_t maxtasks = 0;
-    std::vector<int> close_fds;    // the pool's other descriptors, closed at start
+    std::vector<int> close_fds;    // the fork server's descriptors, closed at start
     std::vector<segment> segments; // where task entries and functions may live
+    task_key key;                  // authenticates task frames (seal_task_frame)
+    int slots_fd = -1;             // memfd of the pool's worker slots (see map_slots)
+    std::size_t slots = 0;         // how many slots it holds
+    bool only_needed_fds = false;  // pool_options::close_fds: close all but keep_fds at start
+    std::vector<int> keep_fds;     // the descriptors of the handles that exist (queues...)
 };
+
+/// Maps the `n` worker slots held by memfd `fd`; throws std::system_error.
+worker_slot* map_slots(int fd, std::size_t n);
 
 /// Runs in a freshly forked child: serves task frames on `fd` until EOF, maxtasks or death.
 [[noreturn]] void worker_main(int fd, worker_slot* slot, const worker_config& cfg) noexcept;

@@ -1,6 +1,7 @@
 // The fork server of a pool (see zygote.hpp).
 #include "zygote.hpp"
 
+#include "child_setup.hpp"
 #include "io.hpp"
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <system_error>
@@ -30,22 +32,36 @@ std::system_error os_error(int err, const char* what) {
     return std::system_error(err, std::system_category(), what);
 }
 
-ssize_t send_fd(int sock, const spawn_reply& r, int fd) {
+ssize_t send_reply(int sock, const spawn_reply& r, std::span<const int> fds = {}) {
     iovec iov{const_cast<spawn_reply*>(&r), sizeof r};
     ssize_t n;
     do
-        n = send_with_fd(sock, {&iov, 1}, fd, 0);
+        n = send_with_fds(sock, {&iov, 1}, fds, 0);
     while (n < 0 && errno == EINTR);
     return n;
 }
 
 // The zygote's life: fork workers on request, reap them, report their exits.
-[[noreturn]] void serve(int requests, int events, worker_slot* slots,
-                        const worker_config& cfg) noexcept {
+[[noreturn]] void serve(int requests, int events, const worker_config& cfg) noexcept {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != cfg.parent)
         _exit(0);
-    reset_child_state();
+    reset_child_state(); // SIGCHLD too: an ignored SIGCHLD would reap the workers unreported
+    // Nothing of other pools (or, with close_fds, of the program) reaches the workers.
+    const int mine[] = {requests, events, cfg.slots_fd};
+    if (cfg.only_needed_fds) {
+        std::vector<int> keep(cfg.keep_fds);
+        keep.insert(keep.end(), std::begin(mine), std::end(mine));
+        close_fds_except(std::move(keep));
+    } else {
+        close_private_fds(mine);
+    }
+    worker_slot* slots = nullptr;
+    try {
+        slots = map_slots(cfg.slots_fd, cfg.slots);
+    } catch (const std::system_error&) {
+        _exit(71);
+    }
     const pid_t self = ::getpid(); // the parent its workers check for
     sigset_t chld;
     sigemptyset(&chld);
@@ -97,9 +113,13 @@ ssize_t send_fd(int sock, const spawn_reply& r, int fd) {
             break; // the pool stopped us, or is gone
         if (n != sizeof slot)
             continue;
+        if (slot >= cfg.slots) {
+            send_reply(requests, {-1, EINVAL});
+            continue;
+        }
         int sv[2];
         if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-            send_fd(requests, {-1, errno}, -1);
+            send_reply(requests, {-1, errno});
             continue;
         }
         tune_worker_socket(sv[0]);
@@ -108,18 +128,28 @@ ssize_t send_fd(int sock, const spawn_reply& r, int fd) {
         if (pid == 0) {
             worker_config mine = cfg;
             mine.parent = self;
-            mine.close_fds = {requests, events, sfd, sv[0]};
+            mine.close_fds = {requests, events, sfd, sv[0], cfg.slots_fd};
             worker_main(sv[1], &slots[slot], mine);
         }
         const int err = errno;
         ::close(sv[1]);
         if (pid < 0) {
             ::close(sv[0]);
-            send_fd(requests, {-1, err}, -1);
+            send_reply(requests, {-1, err});
             continue;
         }
         children.push_back(pid);
-        send_fd(requests, {pid, 0}, sv[0]);
+        // Opened before the worker can be reaped (only this process reaps it): never stale.
+        const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        if (pidfd < 0) {
+            const int perr = errno;
+            ::kill(pid, SIGKILL);
+            send_reply(requests, {-1, perr});
+        } else {
+            const int fds[] = {sv[0], pidfd};
+            send_reply(requests, {pid, 0}, fds);
+            ::close(pidfd);
+        }
         ::close(sv[0]);
     }
     // Stopped: no worker outlives its zygote.
@@ -133,7 +163,7 @@ ssize_t send_fd(int sock, const spawn_reply& r, int fd) {
 
 } // namespace
 
-zygote::zygote(worker_slot* slots, const worker_config& cfg) {
+zygote::zygote(const worker_config& cfg) {
     int req[2], ev[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, req) != 0)
         throw os_error(errno, "socketpair for the pool's fork server failed");
@@ -152,7 +182,7 @@ zygote::zygote(worker_slot* slots, const worker_config& cfg) {
     if (pid_ == 0) {
         ::close(req[0]);
         ::close(ev[0]);
-        serve(req[1], ev[1], slots, cfg);
+        serve(req[1], ev[1], cfg);
     }
     const int err = errno;
     ::close(req[1]);
@@ -164,6 +194,8 @@ zygote::zygote(worker_slot* slots, const worker_config& cfg) {
         ::close(events_);
         throw os_error(err, "fork of the pool's fork server failed");
     }
+    register_private_fd(requests_);
+    register_private_fd(events_);
 }
 
 zygote::~zygote() { stop(); }
@@ -191,29 +223,31 @@ zygote::spawned zygote::spawn(std::size_t slot) {
 
     spawn_reply r{};
     iovec iov{&r, sizeof r};
-    unique_fd fd;
+    unique_fd fds[2]; // the worker's socket, its pidfd
     do
-        n = recv_with_fd(requests_, {&iov, 1}, fd, 0);
+        n = recv_with_fds(requests_, {&iov, 1}, fds, 0);
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         wedged();
     if (n != sizeof r)
         throw os_error(n < 0 ? errno : EPIPE, "the pool's fork server died");
-    if (r.pid < 0 || !fd)
+    if (r.err == EINVAL)
+        throw os_error(EINVAL, "the pool's fork server refused an out-of-range worker slot");
+    if (r.pid < 0 || !fds[0] || !fds[1])
         throw os_error(r.err ? r.err : EPROTO, "the pool's fork server could not fork a worker");
-    return {r.pid, fd.release()};
+    return {r.pid, fds[0].release(), fds[1].release()};
 }
 
 void zygote::stop() noexcept {
     std::lock_guard lk(m_);
     if (requests_ >= 0) {
-        // shutdown(), not just close(): a fork server made later for another pool inherited a
-        // copy of this descriptor, and EOF must reach ours all the same.
         ::shutdown(requests_, SHUT_RDWR); // the zygote kills and reaps its workers, then exits
+        unregister_private_fd(requests_);
         ::close(requests_);
         requests_ = -1;
     }
     if (events_ >= 0) {
+        unregister_private_fd(events_);
         ::close(events_);
         events_ = -1;
     }

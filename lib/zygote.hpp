@@ -6,7 +6,9 @@
 // and every replacement, is forked by the zygote, never by the (threaded) parent.
 //
 //   requests  (parent -> zygote, SOCK_SEQPACKET, blocking): "spawn a worker for slot k";
-//             the answer is the worker's pid with the parent's end of its socket (SCM_RIGHTS).
+//             the answer is the worker's pid with the parent's end of its socket and a pidfd
+//             (SCM_RIGHTS), opened by the zygote before it can reap the worker, so the pidfd
+//             never names a reused pid.
 //   events    (zygote -> parent, SOCK_SEQPACKET, read on the event loop): "pid P exited with
 //             status S" — workers are the zygote's children, so it reaps them and reports.
 //
@@ -28,18 +30,20 @@ class zygote {
     /// How long spawn() waits for the zygote's answer before it kills the zygote.
     static constexpr std::chrono::seconds answer_timeout{5};
 
-    /// Forks the zygote. `slots` (shared memory) and `cfg` are what its workers run with.
-    zygote(worker_slot* slots, const worker_config& cfg);
+    /// Forks the zygote. `cfg` (with the memfd of the worker slots) is what its workers run
+    /// with.
+    explicit zygote(const worker_config& cfg);
     ~zygote();
     zygote(const zygote&) = delete;
     zygote& operator=(const zygote&) = delete;
 
     struct spawned {
         pid_t pid;
-        int fd; // the parent's end of the worker's socket (O_CLOEXEC)
+        int fd;    // the parent's end of the worker's socket (O_CLOEXEC)
+        int pidfd; // the worker's pidfd (O_CLOEXEC)
     };
     /// Asks the zygote for a worker in `slot`. Thread-safe. Throws std::system_error if the
-    /// zygote cannot be reached or cannot fork.
+    /// zygote cannot be reached or cannot fork, or `slot` is out of range (EINVAL).
     spawned spawn(std::size_t slot);
 
     /// The socket the zygote reports worker exits on: a stream of `exit_event`s.

@@ -1,4 +1,7 @@
 // Task errors, dead workers, timeouts and failing initializers (the pool's error paths).
+#include "../lib/task_key.hpp"
+#include "../lib/transport.hpp"
+#include "../lib/worker.hpp"
 #include "../lib/zygote.hpp"
 #include "tasks.hpp"
 #include "test_util.hpp"
@@ -17,9 +20,11 @@
 #include <future>
 #include <numeric>
 #include <optional>
+#include <poll.h>
 #include <stdexcept>
 #include <string>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <system_error>
 #include <thread>
@@ -110,8 +115,9 @@ struct capture_sink : coproc::detail::task_sink {
     }
 };
 
-/// Runs one job made for tasks::square(7), its task prefix (function entry, function,
-/// signature) first altered by `tamper`; returns what the sink got.
+/// Runs one job made for tasks::square(7), its task prefix (entry offset, function offset,
+/// entry digest; the pool seals the digest into the frame's MAC) first altered by `tamper`;
+/// returns what the sink got.
 template <class Tamper> std::string run_tampered(coproc::detail::pool_core& core, Tamper tamper) {
     auto sink = std::make_shared<capture_sink>();
     auto fut = sink->outcome.get_future();
@@ -443,13 +449,43 @@ TEST_CASE("a task runs at most once, even when its worker dies before its result
 
 // ------------------------------------------------------------------ the fork server
 
-TEST_CASE("a fork server that stops answering is killed, not waited for") {
-    watchdog dog(60s);
-    std::vector<coproc::detail::worker_slot> slots(1);
+// What a pool gives its fork server: here with `slots` worker slots in a memfd (leaked).
+coproc::detail::worker_config zygote_config(std::size_t slots) {
     coproc::detail::worker_config cfg;
     cfg.parent = ::getpid();
     cfg.segments = coproc::detail::mapped_segments();
-    coproc::detail::zygote z(slots.data(), cfg);
+    cfg.slots_fd = ::memfd_create("test-slots", MFD_CLOEXEC);
+    REQUIRE(cfg.slots_fd >= 0);
+    REQUIRE(::ftruncate(cfg.slots_fd, sizeof(coproc::detail::worker_slot) * slots) == 0);
+    cfg.slots = slots;
+    return cfg;
+}
+
+TEST_CASE("the fork server refuses a worker slot out of range and serves on") {
+    watchdog dog(60s);
+    const auto cfg = zygote_config(2);
+    coproc::detail::zygote z(cfg);
+    for (std::size_t bad : {std::size_t{2}, std::size_t{1000}, std::size_t{0xffffffff}}) {
+        try {
+            (void)z.spawn(bad);
+            FAIL_CHECK("slot " << bad << " was accepted");
+        } catch (const std::system_error& e) {
+            CHECK(e.code().value() == EINVAL);
+            CHECK(contains(e.what(), "out-of-range worker slot"));
+        }
+    }
+    const auto w = z.spawn(1); // still serving
+    CHECK(w.pid > 0);
+    ::close(w.fd); // EOF: the worker exits
+    ::close(w.pidfd);
+    z.stop();
+    ::close(cfg.slots_fd);
+}
+
+TEST_CASE("a fork server that stops answering is killed, not waited for") {
+    watchdog dog(60s);
+    const auto cfg = zygote_config(1);
+    coproc::detail::zygote z(cfg);
     ::kill(z.pid(), SIGSTOP);
     const auto t0 = std::chrono::steady_clock::now();
     try {
@@ -468,6 +504,187 @@ TEST_CASE("a fork server that stops answering is killed, not waited for") {
 
 // ------------------------------------------------------------------ bad frames and results
 
+namespace {
+
+namespace cd = coproc::detail;
+
+/// Calls of fake_invoke, counted in memory the workers share with the test (made before the
+/// pool).
+std::atomic<int>* g_fake_calls = nullptr;
+void fake_invoke(cd::erased_fn, cd::reader&, cd::writer& out, std::uint64_t, std::uint64_t& done) {
+    g_fake_calls->fetch_add(1);
+    out(49);
+    done = 1;
+}
+
+/// A copy of a real entry in writable memory, its invoker swapped for fake_invoke.
+cd::task_entry g_writable_entry{};
+
+/// Looks like an entry (magic, signature) and lies in read-only data, but its invoker is not
+/// code.
+alignas(cd::task_entry) constexpr std::uint64_t g_readonly_entry[5] = {
+    cd::entry_magic, cd::task_entry_for<int (*)(int)>.signature, 0x1000, 0, 0};
+
+/// The digest the pool seals for an entry at `e` (read as bytes, as a worker reads it).
+std::uint64_t digest_at(const void* e) {
+    cd::task_entry copy;
+    std::memcpy(&copy, e, sizeof copy);
+    return cd::entry_digest(copy);
+}
+
+/// A task frame for tasks::square(7) with task id `id`, its MAC not yet sealed.
+std::vector<char> square_frame(std::uint64_t id) {
+    auto j = cd::make_job(
+        &tasks::square,
+        [](cd::writer& w) {
+            w(7);
+            return 1;
+        },
+        nullptr, 0);
+    std::memcpy(j->frame.data() + offsetof(cd::frame_header, id), &id, sizeof id);
+    return std::move(j->frame);
+}
+
+/// A worker forked from the test itself with the task key `key`, serving the frames the test
+/// writes straight on its socket (as a forger holding a worker's socket would).
+class bare_worker {
+  public:
+    explicit bare_worker(const cd::task_key& key) {
+        int sv[2];
+        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+        cd::worker_config cfg;
+        cfg.parent = ::getpid();
+        cfg.close_fds = {sv[0]};
+        cfg.segments = cd::mapped_segments();
+        cfg.key = key;
+        pid_ = ::fork();
+        REQUIRE(pid_ >= 0);
+        if (pid_ == 0)
+            cd::worker_main(sv[1], &slot_, cfg);
+        ::close(sv[1]);
+        fd_ = sv[0];
+    }
+    ~bare_worker() {
+        ::close(fd_); // EOF: the worker exits
+        ::waitpid(pid_, nullptr, 0);
+    }
+    bare_worker(const bare_worker&) = delete;
+
+    pid_t pid() const { return pid_; }
+    bool alive() const { return ::waitpid(pid_, nullptr, WNOHANG) == 0; }
+
+    /// Writes `frame`; returns "ok" for a result, "coproc::error: <what>" for an error.
+    std::string run(const std::vector<char>& frame) {
+        if (::send(fd_, frame.data(), frame.size(), MSG_NOSIGNAL) !=
+            static_cast<ssize_t>(frame.size()))
+            return "send failed";
+        const auto until = std::chrono::steady_clock::now() + 10s;
+        for (;;) {
+            if (auto f = dec_.next()) {
+                if (f->kind == cd::frame_kind::result)
+                    return "ok";
+                try {
+                    std::rethrow_exception(cd::decode_exception(f->payload, "task"));
+                } catch (const coproc::error& e) {
+                    return std::string("coproc::error: ") + e.what();
+                } catch (const std::exception& e) {
+                    return std::string("other: ") + e.what();
+                }
+            }
+            pollfd p{fd_, POLLIN, 0};
+            if (std::chrono::steady_clock::now() > until || ::poll(&p, 1, 100) < 0)
+                return "no reply within 10 s";
+            if (!(p.revents & (POLLIN | POLLHUP)))
+                continue;
+            const auto area = dec_.write_area();
+            const ssize_t n = ::read(fd_, area.data(), area.size());
+            if (n <= 0)
+                return "the worker closed its socket";
+            dec_.commit(static_cast<std::size_t>(n));
+        }
+    }
+
+  private:
+    pid_t pid_ = -1;
+    int fd_ = -1;
+    cd::worker_slot slot_;
+    cd::frame_decoder dec_;
+};
+
+} // namespace
+
+TEST_CASE("siphash24 matches the reference vectors of the SipHash paper") {
+    const cd::task_key key{0x0706050403020100ull, 0x0f0e0d0c0b0a0908ull}; // bytes 00..0f
+    unsigned char msg[16];
+    for (int i = 0; i < 16; ++i)
+        msg[i] = static_cast<unsigned char>(i);
+    CHECK(cd::siphash24(key, msg, 0) == 0x726fdb47dd0e0e31ull);
+    CHECK(cd::siphash24(key, msg, 1) == 0x74f839c593dc67fdull);
+    CHECK(cd::siphash24(key, msg, 7) == 0xab0200f58b01d137ull);
+    CHECK(cd::siphash24(key, msg, 8) == 0x93f5f5799a932462ull);
+    CHECK(cd::siphash24(key, msg, 15) == 0xa129ca6149be45e5ull); // the paper's Appendix A
+}
+
+TEST_CASE("a task frame with a flipped MAC or sealed with another pool's key is refused and the "
+          "worker serves on") {
+    watchdog dog(60s);
+    const auto key = cd::task_key::random();
+    bare_worker w(key);
+    auto good = square_frame(1);
+    cd::seal_task_frame(good, key);
+    CHECK(w.run(good) == "ok");
+    auto flipped = good;
+    flipped[sizeof(cd::frame_header) + offsetof(cd::task_prefix, mac)] ^= 1;
+    CHECK(contains(w.run(flipped), "coproc::error: task frame failed authentication"));
+    auto other_pool = square_frame(2);
+    cd::seal_task_frame(other_pool, cd::task_key::random());
+    CHECK(contains(w.run(other_pool), "coproc::error: task frame failed authentication"));
+    const auto unsealed = square_frame(3); // what a forger without the key can make
+    CHECK(contains(w.run(unsealed), "coproc::error: task frame failed authentication"));
+    CHECK(w.run(good) == "ok");
+    CHECK(w.alive()); // the same worker answered all of them
+}
+
+TEST_CASE("a task entry outside read-only data, or whose invoker is not code, is refused and "
+          "never called") {
+    watchdog dog(60s);
+    void* shared = ::mmap(nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE,
+                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(shared != MAP_FAILED);
+    g_fake_calls = new (shared) std::atomic<int>(0);
+    g_writable_entry = cd::task_entry_for<int (*)(int)>;
+    g_writable_entry.invoke = &fake_invoke;
+    asio::io_context io;
+    auto guard = asio::make_work_guard(io);
+    std::thread loop([&] { io.run(); });
+    auto core = cd::pool_core::create(io.get_executor(), {.processes = 1});
+    const auto pid = core->pids();
+    // A valid entry's bytes copied into writable memory: never trusted, whatever its MAC.
+    CHECK(contains(run_tampered(*core,
+                                [](std::int64_t* p) {
+                                    p[0] = cd::offset_of(&g_writable_entry);
+                                    p[2] = static_cast<std::int64_t>(digest_at(&g_writable_entry));
+                                }),
+                   "coproc::error: unknown task function: its entry offset does not point into "
+                   "read-only data"));
+    // An entry in read-only data whose invoker points outside executable code.
+    CHECK(contains(run_tampered(*core,
+                                [](std::int64_t* p) {
+                                    p[0] = cd::offset_of(g_readonly_entry);
+                                    p[2] = static_cast<std::int64_t>(digest_at(g_readonly_entry));
+                                }),
+                   "coproc::error: unknown task function: its entry's invoker is not in "
+                   "executable code"));
+    CHECK(g_fake_calls->load() == 0);
+    CHECK(run_tampered(*core, [](std::int64_t*) {}) == "ok");
+    CHECK(core->pids() == pid); // the same worker answered all of them
+    core->close();
+    core->join();
+    guard.reset();
+    loop.join();
+    ::munmap(shared, sizeof(std::atomic<int>));
+}
+
 TEST_CASE("a forged function id or signature is a clear error and the worker serves on") {
     watchdog dog(60s);
     asio::io_context io;
@@ -475,9 +692,9 @@ TEST_CASE("a forged function id or signature is a clear error and the worker ser
     std::thread loop([&] { io.run(); });
     auto core = coproc::detail::pool_core::create(io.get_executor(), {.processes = 1});
     const auto pid = core->pids();
-    // The signature hash disagrees with the entry's.
+    // The entry digest disagrees with the entry's signature and invoker: the MAC fails.
     CHECK(contains(run_tampered(*core, [](std::int64_t* p) { p[2] ^= 1; }),
-                   "coproc::error: task function signature mismatch"));
+                   "coproc::error: task frame failed authentication"));
     // The function offset points at data, not code.
     CHECK(contains(run_tampered(*core, [](std::int64_t* p) { p[1] = p[0]; }),
                    "coproc::error: unknown task function: its offset is not in executable code"));

@@ -18,6 +18,11 @@ struct pool_options {
     /// 0: no limit; else a task running longer is failed with coproc::timeout_error and its
     /// worker is killed and replaced.
     std::chrono::milliseconds task_timeout{0};
+    /// false: a worker inherits the parent's descriptors, as a forked child does (coproc's own
+    /// private ones, such as other pools' worker sockets, are always closed). true: a worker
+    /// keeps only stdin, stdout, stderr, its own socket and the descriptors of the queues, pipes
+    /// and locks that exist when the pool starts (Python's forkserver and spawn start methods).
+    bool close_fds = false;
 };
 
 } // namespace coproc

@@ -59,6 +59,8 @@ class conn_core final : public registered {
     static asio::awaitable<void> async_send(std::shared_ptr<conn_core> self,
                                             std::vector<char> payload);
     static asio::awaitable<std::vector<std::byte>> async_recv(std::shared_ptr<conn_core> self);
+    /// Its descriptor, which a pool started with close_fds keeps open in its workers.
+    std::vector<int> descriptors() const { return {fd_}; }
 
   private:
     int fd_for(bool write) const;

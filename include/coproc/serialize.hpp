@@ -32,7 +32,9 @@
 #include <cereal/types/variant.hpp>
 #include <cereal/types/vector.hpp>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <istream>
 #include <ostream>
 #include <span>
@@ -45,25 +47,38 @@ namespace coproc {
 
 namespace detail {
 
-/// A streambuf that appends everything written to a std::vector<char>. It keeps no buffer of
-/// its own, so its target may change between writes.
+/// A streambuf that appends everything written to a std::vector<char>, which may not grow past
+/// a limit (a frame's: a write that would is refused with coproc::error before anything is
+/// copied). It keeps no buffer of its own, so its target may change between writes.
 class vector_streambuf final : public std::streambuf {
   public:
-    std::vector<char>* target(std::vector<char>* out) noexcept { return std::exchange(out_, out); }
+    struct target_t {
+        std::vector<char>* out;
+        std::size_t limit;
+    };
+    target_t target(target_t t) noexcept { return std::exchange(t_, t); }
 
   protected:
     std::streamsize xsputn(const char* s, std::streamsize n) override {
-        out_->insert(out_->end(), s, s + n);
+        make_room(static_cast<std::size_t>(n));
+        t_.out->insert(t_.out->end(), s, s + n);
         return n;
     }
     int_type overflow(int_type c) override {
-        if (!traits_type::eq_int_type(c, traits_type::eof()))
-            out_->push_back(traits_type::to_char_type(c));
+        if (!traits_type::eq_int_type(c, traits_type::eof())) {
+            make_room(1);
+            t_.out->push_back(traits_type::to_char_type(c));
+        }
         return traits_type::not_eof(c);
     }
 
   private:
-    std::vector<char>* out_ = nullptr;
+    void make_room(std::size_t n) const {
+        if (n > t_.limit - std::min(t_.limit, t_.out->size()))
+            throw coproc::error("message exceeds the 1 GiB frame limit; pass large data in "
+                                "pieces");
+    }
+    target_t t_{nullptr, 0};
 };
 
 /// A streambuf that reads from a span of bytes, which may change between reads.
@@ -100,15 +115,20 @@ struct thread_streams {
 /// Writes values to an output buffer through a cereal binary archive.
 class writer {
   public:
-    explicit writer(std::vector<char>& out)
-        : s_(thread_streams::get()), prev_(s_.out_buf.target(&out)), ar_(s_.os) {}
+    /// Appends to `out`, which may not grow past `limit` bytes (coproc::error).
+    explicit writer(std::vector<char>& out, std::size_t limit = SIZE_MAX)
+        : out_(out), s_(thread_streams::get()), prev_(s_.out_buf.target({&out, limit})),
+          ar_(s_.os) {}
     ~writer() { s_.out_buf.target(prev_); }
     writer(const writer&) = delete;
     template <class... T> void operator()(const T&... v) { ar_(v...); }
+    /// The buffer written to (values are appended to it as they are written).
+    std::vector<char>& buffer() const noexcept { return out_; }
 
   private:
+    std::vector<char>& out_;
     thread_streams& s_;
-    std::vector<char>* prev_;
+    vector_streambuf::target_t prev_;
     cereal::BinaryOutputArchive ar_;
 };
 

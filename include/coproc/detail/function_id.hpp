@@ -3,10 +3,14 @@
 // A worker is a fork of the parent, so code addresses are the same on both sides. A task is
 // sent as two offsets from a fixed anchor: its `task_entry` (a constant made per function
 // signature, holding a magic number, the signature's hash and the invoker that decodes the
-// arguments, calls the function and encodes the result) and the function itself. The worker
-// checks that both offsets land in mapped code/data of the process, that the magic matches and
-// that the entry's signature hash equals the one in the frame before calling anything, so a
-// stray or forged frame is an error, not a jump into the unknown.
+// arguments, calls the function and encodes the result) and the function itself, followed by
+// a MAC: SipHash-2-4, under a random key each pool draws before it forks anything, of both
+// offsets and the entry's digest (signature hash and invoker offset, see entry_digest). Before
+// calling anything the worker checks that the entry lies in read-only data of the program (a
+// PT_LOAD segment without write permission, or a PT_GNU_RELRO range: with PIE the entry,
+// holding a pointer, lives in .data.rel.ro), that its magic matches, that its invoker and the
+// function lie in executable code, and that the MAC it computes from the entry it found equals
+// the frame's. A stray, forged or other pool's frame is an error, not a jump into the unknown.
 #pragma once
 
 #include <coproc/serialize.hpp>
@@ -149,6 +153,13 @@ extern const char function_anchor;
 inline std::int64_t offset_of(const void* p) noexcept {
     return static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(p) -
                                      reinterpret_cast<std::uintptr_t>(&function_anchor));
+}
+
+/// What a task frame's MAC says about its entry: the signature hash and the invoker's offset.
+/// The worker recomputes it from the entry it finds, never takes it from the frame.
+inline std::uint64_t entry_digest(const task_entry& e) noexcept {
+    const auto invoker = offset_of(reinterpret_cast<const void*>(e.invoke));
+    return e.signature ^ static_cast<std::uint64_t>(invoker);
 }
 
 } // namespace coproc::detail

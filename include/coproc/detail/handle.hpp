@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace coproc::detail {
 
@@ -32,19 +33,28 @@ clock::time_point deadline_after(std::chrono::duration<Rep, Period> timeout) {
 
 enum class handle_kind : std::uint32_t { queue = 1, connection = 2, lock = 3 };
 
-/// Enters `core` in this process's registry; returns its token (random, never reused).
-std::uint64_t register_handle(std::weak_ptr<void> core, handle_kind kind);
+/// Enters `core`, which holds descriptors `fds`, in this process's registry; returns its token
+/// (random, never reused).
+std::uint64_t register_handle(std::weak_ptr<void> core, handle_kind kind, std::vector<int> fds);
 /// Removes a token (called by a core's destructor).
 void unregister_handle(std::uint64_t token) noexcept;
 /// The core registered under `token` in this process. Throws coproc::error if this process
 /// does not have it (it was created after the process was forked) or it is of another kind.
 std::shared_ptr<void> find_handle(std::uint64_t token, handle_kind kind);
 
-/// Makes a `Core` and registers it; the core's `token_` member receives the token.
+/// The descriptors of every registered handle alive in this process (a pool started with
+/// close_fds keeps them open in its workers).
+std::vector<int> handle_descriptors();
+
+/// Makes a `Core` and registers it with the descriptors its `descriptors()` names, if it has
+/// that member; the core's `token_` member receives the token.
 template <class Core, class... Args>
 std::shared_ptr<Core> make_registered(handle_kind kind, Args&&... args) {
     auto core = std::make_shared<Core>(std::forward<Args>(args)...);
-    core->token_ = register_handle(core, kind);
+    std::vector<int> fds;
+    if constexpr (requires { core->descriptors(); })
+        fds = core->descriptors();
+    core->token_ = register_handle(core, kind, std::move(fds));
     return core;
 }
 

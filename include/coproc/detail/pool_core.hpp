@@ -72,7 +72,7 @@ job_ptr make_job(Fp fn, WriteItems&& write_items, std::shared_ptr<task_sink> sin
     append_task_prefix(out, &task_entry_for<Fp>, reinterpret_cast<erased_fn>(fn));
     std::uint64_t count;
     {
-        writer w(out);
+        writer w(out, at + sizeof(frame_header) + max_frame_payload); // refused as it grows
         count = static_cast<std::uint64_t>(write_items(w));
     }
     end_frame(out, at, count);

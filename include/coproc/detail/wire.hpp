@@ -8,8 +8,10 @@
 //   u64 id     task id (0 for control frames)
 //   u64 aux    reply: nanoseconds the task ran; request: number of items in the task
 //
-// task request payload:  i64 entry offset, i64 function offset, u64 signature hash,
-//                        then `aux` argument tuples in cereal binary form
+// task request payload:  i64 entry offset, i64 function offset (both from function_anchor),
+//                        u64 MAC (SipHash-2-4 under the pool's key of both offsets and the
+//                        entry's signature hash and invoker; see function_id.hpp and
+//                        lib/task_key.hpp), then `aux` argument tuples in cereal binary form
 // result payload:        `aux`... results in cereal binary form (one per item)
 // error payload:         a transported exception (lib/error.cpp)
 // Many frames are written per syscall in both directions; the decoder takes any split.
@@ -58,9 +60,10 @@ struct frame {
 /// complete frames are taken with `next()`; a bad header throws coproc::error.
 class frame_decoder {
   public:
-    explicit frame_decoder(std::size_t initial = 64 * 1024) : buf_(initial) {}
+    explicit frame_decoder(std::size_t initial = 64 * 1024) : buf_(initial), initial_(initial) {}
 
-    /// Room to read at least `min` more bytes into.
+    /// Room to read at least `min` more bytes into. A buffer grown past 4 MiB for a large frame
+    /// shrinks back once that frame is taken.
     std::span<char> write_area(std::size_t min = 4096);
     void commit(std::size_t n) noexcept { end_ += n; }
 
@@ -73,6 +76,7 @@ class frame_decoder {
 
   private:
     std::vector<char> buf_;
+    std::size_t initial_;
     std::size_t begin_ = 0;
     std::size_t end_ = 0;
 };
