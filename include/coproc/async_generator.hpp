@@ -83,6 +83,14 @@ template <class R> class imap_state : public chunked_call {
   protected:
     std::size_t buffered() const override { return arrived_.size(); }
 
+    // The input threw: next() raises `e` once every chunk before it has been consumed.
+    void on_input_error(std::exception_ptr e) override {
+        std::lock_guard lk(m_);
+        input_error_ = std::move(e);
+        if (!waiter_.empty() && has_ready())
+            waiter_.post();
+    }
+
   private:
     struct outcome {
         std::vector<R> values;
@@ -107,8 +115,11 @@ template <class R> class imap_state : public chunked_call {
                 current_.pop_front();
                 return std::optional<R>(std::move(v));
             }
-            if (arrived_.empty())
+            if (arrived_.empty()) {
+                if (input_error_ && in_flight_ == 0) // after every result before it
+                    std::rethrow_exception(std::exchange(input_error_, nullptr));
                 return std::nullopt;
+            }
             auto it = arrived_.begin();
             if (ordered_ && it->first != next_chunk_)
                 return std::nullopt;
@@ -135,6 +146,7 @@ template <class R> class imap_state : public chunked_call {
     std::map<std::size_t, outcome> arrived_;
     std::deque<R> current_;
     std::exception_ptr pending_error_;
+    std::exception_ptr input_error_; // what the input threw; raised after all results
     std::size_t next_chunk_ = 0;
     std::size_t arrival_ = 0;
 };
@@ -148,8 +160,8 @@ template <class R, class Fp, bool Star, class View> class imap_source final : pu
           encoder_(fn, std::move(items), chunksize) {}
 
   protected:
-    job_ptr encode_next(std::size_t chunk) override {
-        return encoder_.next(this->shared_from_this(), chunk);
+    job_ptr encode_next(std::size_t chunk, std::exception_ptr& error) override {
+        return encoder_.next(this->shared_from_this(), chunk, error);
     }
 
   private:
@@ -178,7 +190,11 @@ template <class R> class async_generator {
 
     /// The next result, or std::nullopt when all are consumed. Rethrows a task's exception at
     /// the position of its chunk (imap) or when it arrives (imap_unordered); iteration may go on
-    /// afterwards. Resumes on the awaiting coroutine's executor.
+    /// afterwards. If reading or encoding the input throws (its iterator, or an item's save()),
+    /// the results of every item before the bad one come first (in order for imap, any order
+    /// for imap_unordered), then next() throws that same exception, then the sequence ends, as
+    /// Python's imap does with an iterator that raises. Resumes on the awaiting coroutine's
+    /// executor.
     asio::awaitable<std::optional<R>> next() {
         auto s = s_;
         co_return co_await s->next();

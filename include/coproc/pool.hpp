@@ -32,6 +32,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <ranges>
 #include <tuple>
 #include <type_traits>
@@ -82,19 +83,21 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
     map_call(std::shared_ptr<pool_core> core, std::shared_ptr<completion<std::vector<T>>> c, Fp fn,
              View items, std::size_t n, std::size_t chunksize, std::size_t workers)
         : chunked_call(std::move(core), window_chunks(workers, chunksize)), c_(std::move(c)),
-          results_(n), chunksize_(chunksize), remaining_((n + chunksize - 1) / chunksize),
+          results_(n), chunksize_(chunksize), remaining_(chunk_count(n, chunksize)),
           encoder_(fn, std::move(items), chunksize) {}
 
     void on_result(const job& j, std::span<const char> payload) override {
         try {
             const std::size_t first = j.chunk * chunksize_;
-            const std::size_t last = std::min(first + chunksize_, results_.size());
+            const std::size_t last = first + std::min(chunksize_, results_.size() - first);
             reader r(payload);
             for (std::size_t i = first; i < last; ++i) {
                 T v;
                 r(v);
                 results_[i] = std::move(v);
             }
+            if (r.remaining() != 0)
+                throw error("malformed reply: bytes left after the results of a chunk");
         } catch (...) {
             return on_error(j, undecodable_result(j));
         }
@@ -103,7 +106,7 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
             finished_locked(j);
         }
         if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1)
-            return c_->set_value(std::move(results_));
+            return c_->set_value(take_results());
         try {
             refill();
         } catch (...) {
@@ -120,8 +123,23 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
     }
 
   protected:
-    job_ptr encode_next(std::size_t chunk) override {
-        return encoder_.next(shared_from_this(), chunk);
+    job_ptr encode_next(std::size_t chunk, std::exception_ptr& error) override {
+        return encoder_.next(shared_from_this(), chunk, error);
+    }
+
+    // The whole call fails with the input's exception. Found by start() on the caller's
+    // thread, the callbacks still run on the pool's loop thread, as for any call.
+    void on_input_error(std::exception_ptr e) override {
+        if (!c_->has_callbacks() || core_->on_loop_thread())
+            return fail(std::move(e));
+        if (failed_.exchange(true))
+            return;
+        stop();
+        try {
+            core_->post([c = c_, e] { c->set_error(e); });
+        } catch (...) {
+            c_->set_error(std::move(e));
+        }
     }
 
   private:
@@ -133,8 +151,19 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
         }
     }
 
+    std::vector<T> take_results() {
+        if constexpr (std::is_same_v<T, bool>)
+            return std::vector<bool>(results_.begin(), results_.end());
+        else
+            return std::move(results_);
+    }
+
+    // std::vector<bool> packs its elements into shared words, which chunks completing at once
+    // on different threads would both write: bools are kept one per byte until the end.
+    using slot = std::conditional_t<std::is_same_v<T, bool>, unsigned char, T>;
+
     std::shared_ptr<completion<std::vector<T>>> c_;
-    std::vector<T> results_;
+    std::vector<slot> results_;
     const std::size_t chunksize_;
     std::atomic<std::size_t> remaining_;
     std::atomic<bool> failed_{false};
@@ -201,7 +230,9 @@ class pool {
     /// of `chunksize` (0: Python's default, ceil(n / (4 * size()))), encoded as earlier chunks
     /// complete, so only a bounded window of a large input is in flight. An lvalue range is
     /// read in place and must live until the call completes (an rvalue is moved in). The
-    /// first task error fails the whole call, as in Python.
+    /// first task error fails the whole call, as in Python. So does an input that throws (its
+    /// iterator, an item's conversion or its save()): the call fails with that same exception,
+    /// and no chunk is sent after it. A chunksize larger than the input is one chunk.
     /// Example: `std::vector<int> sq = co_await pool.map(square, numbers);`
     template <class F, std::ranges::input_range Range>
     [[nodiscard]] asio::awaitable<std::vector<detail::value_t<detail::task_result_t<F>>>>
@@ -220,7 +251,9 @@ class pool {
     }
 
     /// Lazily applies `fn` to the items, yielding results in input order. The generator owns
-    /// (a copy of) `items` and keeps a bounded number of chunks in flight.
+    /// (a copy of) `items` and keeps a bounded number of chunks in flight. An input that
+    /// throws part-way ends the sequence after the results before it with that exception (see
+    /// async_generator::next()).
     /// Example: `auto g = pool.imap(square, v); while (auto x = co_await g.next()) use(*x);`
     template <class F, std::ranges::input_range Range>
     [[nodiscard]] async_generator<detail::value_t<detail::task_result_t<F>>>
@@ -248,7 +281,9 @@ class pool {
     }
 
     /// map(), for blocking code: returns at once; get() waits for the results. An lvalue
-    /// range is copied first (pass it with std::move to avoid the copy).
+    /// range is copied first (pass it with std::move to avoid the copy). An input that throws
+    /// does not make map_async throw: the result fails with the input's exception (get()
+    /// rethrows it, error_callback receives it).
     template <class F, std::ranges::input_range Range,
               class T = detail::value_t<detail::task_result_t<F>>>
     [[nodiscard]] async_result<std::vector<T>>
@@ -311,22 +346,33 @@ class pool {
                std::function<void(std::vector<T>)> callback,
                std::function<void(std::exception_ptr)> error_callback) {
         using Fp = detail::function_pointer_t<F>;
-        auto view = detail::keep_range<Copy>(std::forward<Range>(items));
-        using View = decltype(view);
+        using View = decltype(detail::keep_range<Copy>(std::forward<Range>(items)));
         auto c = std::make_shared<detail::completion<std::vector<T>>>(
             core_, std::move(callback), std::move(error_callback));
-        const std::size_t n = std::ranges::size(view);
-        if (n == 0) {
-            core_check_open();
-            if (c->has_callbacks()) // they run on the pool's loop thread, as for any call
-                core_->post([c] { c->set_value({}); });
+        // The callbacks of a call settled here run on the pool's loop thread, as for any call.
+        auto settle = [&](auto set) {
+            if (c->has_callbacks())
+                core_->post([c, set] { set(*c); });
             else
-                c->set_value({});
+                set(*c);
+        };
+        std::optional<View> view;
+        try {
+            view.emplace(detail::keep_range<Copy>(std::forward<Range>(items)));
+        } catch (...) { // an unsized input is read whole here
+            settle([e = std::current_exception()](auto& r) { r.set_error(e); });
             return c;
         }
-        const std::size_t cs = chunksize ? chunksize : detail::default_chunksize(n, size());
+        const std::size_t n = std::ranges::size(*view);
+        if (n == 0) {
+            core_check_open();
+            settle([](auto& r) { r.set_value({}); });
+            return c;
+        }
+        const std::size_t cs =
+            chunksize ? std::min(chunksize, n) : detail::default_chunksize(n, size());
         auto call = std::make_shared<detail::map_call<T, Fp, Star, View>>(
-            core_, c, detail::to_function_pointer(fn), std::move(view), n, cs, size());
+            core_, c, detail::to_function_pointer(fn), std::move(*view), n, cs, size());
         call->start();
         return c;
     }

@@ -6,6 +6,8 @@
 #include <coproc/detail/pool_core.hpp>
 
 #include <cstddef>
+#include <exception>
+#include <memory>
 #include <mutex>
 #include <ranges>
 #include <tuple>
@@ -42,7 +44,12 @@ template <bool Star, class Args, class Item> void write_item(writer& w, const It
     }
 }
 
-/// Encodes the items of a view, `chunksize` items per job.
+/// Encodes the items of a view, `chunksize` items per job. The input ends at the first item
+/// that cannot be read or encoded (its iterator, its conversion to the parameter type or its
+/// save() threw): the items before it in its chunk still make a (shorter) job, returned with
+/// that item's exception, its own type. Python's imap drops that partial chunk
+/// (`_get_tasks` slices whole chunks); coproc sends it, so every item before the bad one has
+/// its result, as with chunksize 1, where both behave alike.
 template <class Fp, bool Star, class View> class chunk_encoder {
   public:
     chunk_encoder(Fp fn, View items, std::size_t chunksize)
@@ -50,19 +57,43 @@ template <class Fp, bool Star, class View> class chunk_encoder {
           chunksize_(chunksize) {}
     chunk_encoder(const chunk_encoder&) = delete; // it_ points into items_
 
-    /// The job for the next chunk, or nullptr when the input is exhausted.
-    job_ptr next(std::shared_ptr<task_sink> sink, std::size_t chunk) {
-        if (it_ == std::ranges::end(items_))
+    /// The job for the next chunk (nullptr if it would be empty), and in `error` what the
+    /// input threw, if it did: the input ends there and the encoder is not used again.
+    job_ptr next(std::shared_ptr<task_sink> sink, std::size_t chunk, std::exception_ptr& error) {
+        try {
+            if (it_ == std::ranges::end(items_))
+                return nullptr;
+            std::size_t n = 0;
+            job_ptr j = make_job(
+                fn_,
+                [&](writer& w) {
+                    std::vector<char>& frame = w.buffer();
+                    for (; n < chunksize_; ++n) {
+                        const std::size_t before = frame.size();
+                        bool written = false;
+                        try {
+                            if (n > 0 && it_ == std::ranges::end(items_))
+                                break;
+                            write_item<Star, typename fn_traits<Fp>::args>(w, *it_);
+                            written = true;
+                            ++it_;
+                        } catch (...) {
+                            if (written)
+                                ++n; // the iterator failed after this item: keep it
+                            else
+                                frame.resize(before); // drop what the bad item wrote
+                            error = std::current_exception();
+                            break;
+                        }
+                    }
+                    return n;
+                },
+                std::move(sink), chunk);
+            return n > 0 ? std::move(j) : nullptr; // n == 0: the first item was bad
+        } catch (...) {
+            error = std::current_exception();
             return nullptr;
-        return make_job(
-            fn_,
-            [&](writer& w) {
-                std::size_t n = 0;
-                for (; n < chunksize_ && it_ != std::ranges::end(items_); ++it_, ++n)
-                    write_item<Star, typename fn_traits<Fp>::args>(w, *it_);
-                return n;
-            },
-            std::move(sink), chunk);
+        }
     }
 
   private:
@@ -74,15 +105,22 @@ template <class Fp, bool Star, class View> class chunk_encoder {
 
 /// The submitting half of a chunked call: keeps at most `max_chunks` chunks (and about
 /// max_bytes of requests) in flight, counting what `buffered()` says is still unconsumed.
+/// While the input has chunks left to submit the call holds the pool (close() keeps its
+/// workers); every way the submitting ends (input exhausted, input error, stop(), the pool
+/// refusing more jobs) gives that hold back.
 class chunked_call : public task_sink {
   public:
     static constexpr std::size_t max_bytes = 64 << 20;
 
-    /// Submits the first window; throws pool_closed if the pool no longer accepts tasks.
+    /// Submits the first window; throws pool_closed if the pool no longer accepts tasks. An
+    /// input error goes to on_input_error(), not to the caller.
     void start() {
         core_->check_open();
         core_->hold();
-        holding_ = true;
+        {
+            std::lock_guard lk(m_);
+            holding_ = true;
+        }
         refill();
     }
 
@@ -103,10 +141,15 @@ class chunked_call : public task_sink {
     chunked_call(std::shared_ptr<pool_core> core, std::size_t max_chunks)
         : core_(std::move(core)), max_chunks_(max_chunks) {}
 
-    /// The next chunk's job, or nullptr when the input is exhausted (called under m_).
-    virtual job_ptr encode_next(std::size_t chunk) = 0;
+    /// The next chunk's job, or nullptr when the input is exhausted (called under m_); sets
+    /// `error` to what reading or encoding the input threw (the job holds the items before).
+    virtual job_ptr encode_next(std::size_t chunk, std::exception_ptr& error) = 0;
     /// Completed chunks not yet consumed (under m_).
     virtual std::size_t buffered() const { return 0; }
+    /// The input threw `e` after the chunks submitted so far (not under m_, before those of
+    /// them encoded by the same refill are submitted). The input is done; the hold is released
+    /// by refill().
+    virtual void on_input_error(std::exception_ptr e) = 0;
 
     /// Accounts for a finished job (under m_).
     void finished_locked(const job& j) noexcept {
@@ -114,44 +157,65 @@ class chunked_call : public task_sink {
         in_flight_bytes_ -= j.frame.size();
     }
 
-    /// Encodes and submits chunks until the window is full or the input ends.
+    /// Encodes and submits chunks until the window is full or the input ends. Throws only if
+    /// the pool refuses the jobs (terminated).
     void refill() {
         std::vector<job_ptr> jobs;
+        std::exception_ptr input_error;
         bool ended = false;
         {
             std::lock_guard lk(m_);
-            while (!input_done_ && in_flight_ + buffered() < max_chunks_ &&
-                   (in_flight_bytes_ < max_bytes || in_flight_ == 0)) {
-                job_ptr j = encode_next(submitted_);
-                if (!j) {
-                    input_done_ = true;
-                    ended = std::exchange(holding_, false);
-                    break;
-                }
-                ++submitted_;
-                ++in_flight_;
-                in_flight_bytes_ += j->frame.size();
-                jobs.push_back(std::move(j));
-            }
-        }
-        if (!jobs.empty()) {
-            const std::size_t n = jobs.size();
             try {
-                core_->submit_more(std::move(jobs));
-            } catch (...) {
-                {
-                    std::lock_guard lk(m_);
-                    in_flight_ -= n;
-                    input_done_ = true;
-                    ended = std::exchange(holding_, false);
+                while (!input_done_ && in_flight_ + buffered() < max_chunks_ &&
+                       (in_flight_bytes_ < max_bytes || in_flight_ == 0)) {
+                    job_ptr j = encode_next(submitted_, input_error);
+                    const bool more = j && !input_error;
+                    if (j) {
+                        const std::size_t bytes = j->frame.size();
+                        jobs.push_back(std::move(j));
+                        ++submitted_;
+                        ++in_flight_;
+                        in_flight_bytes_ += bytes;
+                    }
+                    if (!more) {
+                        input_done_ = true;
+                        break;
+                    }
                 }
-                if (ended)
-                    core_->release();
-                throw;
+            } catch (...) {
+                input_done_ = true;
+                input_error = std::current_exception();
             }
+            if (input_done_)
+                ended = std::exchange(holding_, false);
         }
-        if (ended)
-            core_->release();
+        // The hold goes once the input's last jobs are queued, on every path out of here.
+        struct release_on_exit {
+            pool_core* core;
+            ~release_on_exit() {
+                if (core)
+                    core->release();
+            }
+        } release{ended ? core_.get() : nullptr};
+        if (input_error)
+            on_input_error(std::move(input_error));
+        if (jobs.empty() || cancelled())
+            return;
+        const std::size_t n = jobs.size();
+        std::size_t bytes = 0;
+        for (const auto& j : jobs)
+            bytes += j->frame.size();
+        try {
+            core_->submit_more(std::move(jobs));
+        } catch (...) {
+            std::lock_guard lk(m_);
+            in_flight_ -= n;
+            in_flight_bytes_ -= bytes;
+            input_done_ = true;
+            if (std::exchange(holding_, false))
+                release.core = core_.get();
+            throw;
+        }
     }
 
     std::shared_ptr<pool_core> core_;
@@ -166,9 +230,14 @@ class chunked_call : public task_sink {
     bool holding_ = false;
 };
 
+/// Chunks of `chunksize` items needed for `n` items (chunksize >= 1), without overflow.
+constexpr std::size_t chunk_count(std::size_t n, std::size_t chunksize) noexcept {
+    return n / chunksize + (n % chunksize != 0);
+}
+
 /// How many chunks a call keeps in flight: enough to batch small items, few large chunks.
 inline std::size_t window_chunks(std::size_t workers, std::size_t chunksize) noexcept {
-    return 2 * workers + (256 * workers + chunksize - 1) / chunksize;
+    return 2 * workers + chunk_count(256 * workers, chunksize);
 }
 
 } // namespace coproc::detail
