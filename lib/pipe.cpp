@@ -16,10 +16,12 @@
 // The frame being received is kept in the connection (an abandoned async_recv leaves it for the
 // next receive in this process). A body too big for its 64 KiB buffer is received straight into
 // a buffer kept for the next big frame (no allocation, zeroing or page faults per message), and
-// the typed recv() decodes from where the bytes are, without copying them first.
+// the typed recv() decodes from where the bytes are, without copying them first. That buffer
+// grows as the body arrives (from 1 MiB, doubling), never to the size a header claims up front.
 #include "io.hpp"
 #include <coproc/pipe.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -39,6 +41,9 @@ constexpr std::uint32_t rx_capacity = 64 * 1024;
 constexpr std::size_t big_send = 64 * 1024;
 // A big-frame buffer larger than this is freed after use rather than kept.
 constexpr std::size_t big_keep_limit = 16 << 20;
+// A big-frame buffer starts at most this big and doubles as the body arrives, so that a header
+// claiming more than is sent cannot make the receiver allocate it.
+constexpr std::size_t big_first_size = 1 << 20;
 
 using header = std::uint64_t;
 
@@ -159,7 +164,15 @@ std::optional<std::span<const char>> conn_core::recv_step(int fd, int flags) {
     for (;;) {
         if (big_pending_) {
             while (big_got_ < big_size_) {
-                const ssize_t r = ::recv(fd, big_.get() + big_got_, big_size_ - big_got_, flags);
+                if (big_got_ == big_capacity_) {
+                    const std::size_t cap = std::min(big_size_, 2 * big_capacity_);
+                    std::unique_ptr<char[]> bigger(new char[cap]); // uninitialised: recv fills it
+                    std::memcpy(bigger.get(), big_.get(), big_got_);
+                    big_ = std::move(bigger);
+                    big_capacity_ = cap;
+                }
+                const std::size_t room = std::min(big_size_, big_capacity_) - big_got_;
+                const ssize_t r = ::recv(fd, big_.get() + big_got_, room, flags);
                 if (r > 0) {
                     big_got_ += static_cast<std::size_t>(r);
                     rx.received.fetch_add(static_cast<std::uint64_t>(r), std::memory_order_relaxed);
@@ -198,11 +211,12 @@ std::optional<std::span<const char>> conn_core::recv_step(int fd, int flags) {
             }
             if (sizeof len + len > rx_capacity) {
                 const std::size_t have = avail - sizeof len;
-                if (big_capacity_ < len) {
+                if (const std::size_t first = std::min<std::size_t>(len, big_first_size);
+                    big_capacity_ < first) {
                     big_.reset(); // first, so that the old and new buffers never coexist
                     big_capacity_ = 0;
-                    big_.reset(new char[len]); // uninitialised: recv fills it
-                    big_capacity_ = len;
+                    big_.reset(new char[first]); // uninitialised: recv fills it
+                    big_capacity_ = first;
                 }
                 std::memcpy(big_.get(), data + b + sizeof len, have);
                 big_size_ = len;

@@ -22,7 +22,8 @@
 //
 // Items up to inline_limit travel in the message itself. A larger item is written to a memfd
 // that travels with the message (SCM_RIGHTS) and is read back by the getter: a seqpacket message
-// must fit the socket buffer, and above 64 KiB the extra syscalls cost less than the copy.
+// must fit the socket buffer, and above 64 KiB the extra syscalls cost less than the copy. The
+// memfd is sealed; the getter reads only a sealed memfd whose size is the one announced.
 //
 // A bounded queue also holds an eventfd in semaphore mode counting free slots: put takes one
 // (waiting while it is zero, with poll() or Asio), get gives one back. qsize() and join() use
@@ -33,10 +34,12 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace coproc::detail {
@@ -57,9 +60,12 @@ enum : char { tag_inline = 0, tag_memfd = 1 };
 
 bool would_block() noexcept { return errno == EAGAIN || errno == EWOULDBLOCK; }
 
-// An item too big to travel inline, in a memfd.
+// What a memfd item must be sealed against: the getter trusts its size and reads it in place.
+constexpr int item_seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+
+// An item too big to travel inline, in a sealed memfd.
 unique_fd spill(std::span<const char> msg) {
-    unique_fd fd(::memfd_create("coproc-queue-item", MFD_CLOEXEC));
+    unique_fd fd(::memfd_create("coproc-queue-item", MFD_CLOEXEC | MFD_ALLOW_SEALING));
     if (!fd)
         throw os_error("queue: memfd_create failed");
     for (std::size_t done = 0; done < msg.size();) {
@@ -69,11 +75,32 @@ unique_fd spill(std::span<const char> msg) {
         if (w > 0)
             done += static_cast<std::size_t>(w);
     }
+    if (::fcntl(fd.get(), F_ADD_SEALS, item_seals | F_SEAL_SEAL) != 0)
+        throw os_error("queue: sealing a memfd failed");
     return fd;
 }
 
+// Reads an item from the memfd a message brought, after checking that it is sealed and as long
+// as the message announced (a forged message must not make the getter allocate what it says).
 std::vector<char> unspill(int fd, std::uint64_t size) {
-    std::vector<char> out(size);
+    const int seals = ::fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || (seals & item_seals) != item_seals)
+        throw coproc::error("queue: received an out-of-line item in a descriptor that is not "
+                            "sealed against changes (not sent by a coproc queue)");
+    struct stat st {};
+    if (::fstat(fd, &st) != 0)
+        throw os_error("queue: fstat of a memfd failed");
+    if (static_cast<std::uint64_t>(st.st_size) != size)
+        throw coproc::error("queue: received an out-of-line item announced as " +
+                            std::to_string(size) + " bytes in a memfd of " +
+                            std::to_string(st.st_size) + " bytes");
+    std::vector<char> out;
+    try {
+        out.resize(size);
+    } catch (const std::exception&) { // bad_alloc, length_error
+        throw coproc::error("queue: an item of " + std::to_string(size) +
+                            " bytes does not fit in memory");
+    }
     for (std::size_t done = 0; done < size;) {
         const ssize_t r = ::pread(fd, out.data() + done, size - done, static_cast<off_t>(done));
         if (r == 0)
@@ -223,7 +250,8 @@ int queue_core::fd(const std::atomic<int>& f) const {
     return fd;
 }
 
-std::size_t queue_core::qsize() const noexcept {
+std::size_t queue_core::qsize() const {
+    (void)fd(get_fd_); // throws after close()
     const auto n = shared_->count.load(std::memory_order_relaxed);
     return n > 0 ? static_cast<std::size_t>(n) : 0;
 }

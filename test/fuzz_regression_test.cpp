@@ -2,6 +2,8 @@
 // frames and payloads give a clear coproc::error.
 #include "fuzz/fuzz_frames.hpp"
 
+#include "alloc_counter.hpp"
+
 #include <doctest/doctest.h>
 
 #include <cstring>
@@ -33,7 +35,7 @@ void feed(frame_decoder& d, const std::vector<char>& bytes) {
 
 TEST_SUITE_BEGIN("fuzz");
 
-TEST_CASE("every corpus and regression input decodes or fails cleanly") {
+TEST_CASE("every corpus and regression input decodes or fails cleanly, allocating under 8 MiB") {
     int replayed = 0;
     for (const char* dir : {"corpus", "regressions"}) {
         const fs::path p = fs::path(COPROC_SOURCE_DIR) / "test" / "fuzz" / dir;
@@ -41,8 +43,12 @@ TEST_CASE("every corpus and regression input decodes or fails cleanly") {
         for (const auto& e : fs::directory_iterator(p)) {
             std::ifstream f(e.path(), std::ios::binary);
             const std::string bytes{std::istreambuf_iterator<char>(f), {}};
+            coproc::test::take_largest_allocation();
             coproc::fuzz::fuzz_one(reinterpret_cast<const std::uint8_t*>(bytes.data()),
                                    bytes.size());
+            // The fuzzer's limit (run.sh: -malloc_limit_mb=8).
+            CHECK_MESSAGE(coproc::test::take_largest_allocation() < (std::size_t{8} << 20),
+                          e.path().filename().string());
             ++replayed;
         }
     }
@@ -59,7 +65,7 @@ TEST_CASE("the seed frames decode back to what was sent") {
         CHECK(got->payload.size() == f.size() - sizeof(frame_header));
         ++n;
     }
-    CHECK(n == 4);
+    CHECK(n == 12);
     CHECK_FALSE(d.next());
 }
 
@@ -75,6 +81,21 @@ TEST_CASE("a frame header claiming a large payload does not allocate it up front
     feed(d, header(700u << 20, 2));
     CHECK_FALSE(d.next()); // waits for more bytes
     CHECK(d.write_area(1).size() < (1u << 20));
+}
+
+TEST_CASE("a header claiming a large payload, then a few bytes at a time: room grows with them") {
+    frame_decoder d(16);
+    feed(d, header(64u << 20, 2));
+    coproc::test::take_largest_allocation();
+    for (int i = 0; i < 256; ++i) {
+        auto area = d.write_area(16);
+        std::memset(area.data(), 0, 16);
+        d.commit(16);
+        CHECK_FALSE(d.next());
+    }
+    // 4 KiB arrived: neither the buffer nor any allocation is near the 64 MiB claimed.
+    CHECK(coproc::test::take_largest_allocation() < (std::size_t{64} << 10));
+    CHECK(d.write_area(1).size() < (std::size_t{64} << 10));
 }
 
 TEST_CASE("unknown kinds and flags are clear errors; a truncated frame waits") {

@@ -4,6 +4,8 @@
 #include <coproc/pool.hpp>
 #include <coproc/process.hpp>
 
+#include "alloc_counter.hpp"
+
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/use_awaitable.hpp>
@@ -11,7 +13,11 @@
 #include <chrono>
 #include <csignal>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <dirent.h>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -78,9 +84,62 @@ int send_from_worker(coproc::connection<int> conn, int v) {
     return v;
 }
 
+/// The sockets this process holds.
+std::set<int> socket_fds() {
+    std::set<int> out;
+    if (DIR* d = opendir("/proc/self/fd")) {
+        while (dirent* e = readdir(d)) {
+            char link[64] = {};
+            const std::string path = std::string("/proc/self/fd/") + e->d_name;
+            if (e->d_name[0] != '.' && readlink(path.c_str(), link, sizeof link - 1) > 0 &&
+                std::strncmp(link, "socket:", 7) == 0)
+                out.insert(std::atoi(e->d_name));
+        }
+        closedir(d);
+    }
+    return out;
+}
+
+/// Writes all of `bytes` to `fd`.
+void write_all(int fd, const std::string& bytes) {
+    for (std::size_t done = 0; done < bytes.size();) {
+        const ssize_t w = write(fd, bytes.data() + done, bytes.size() - done);
+        REQUIRE(w > 0);
+        done += static_cast<std::size_t>(w);
+    }
+}
+
 } // namespace
 
 TEST_SUITE_BEGIN("pipe");
+
+TEST_CASE("a header claiming 1 GiB, then 3 MiB and end of stream: eof_error, no 1 GiB buffer") {
+    watchdog dog(60s);
+    const auto before = socket_fds();
+    auto [r, w] = coproc::pipe<std::string>(false);
+    std::vector<int> added;
+    for (int fd : socket_fds())
+        if (!before.count(fd))
+            added.push_back(fd);
+    REQUIRE(added.size() == 2);
+    const int send_end = added[1]; // socketpair gives (receiver, sender) in ascending order
+    const std::uint64_t claimed = std::uint64_t{1} << 30;
+    std::string bytes(sizeof claimed + (3 << 20), 'x');
+    std::memcpy(bytes.data(), &claimed, sizeof claimed);
+
+    const int writer = dup(send_end);
+    REQUIRE(writer >= 0);
+    w.close(); // the writer is the last descriptor of the sending end now
+    coproc::test::take_largest_allocation();
+    std::thread sender([&] {
+        write_all(writer, bytes);
+        close(writer);
+    });
+    CHECK_THROWS_WITH_AS(r.recv(), doctest::Contains("in the middle of a message"),
+                         coproc::eof_error);
+    sender.join();
+    CHECK(coproc::test::take_largest_allocation() <= (std::size_t{16} << 20));
+}
 
 TEST_CASE("the seed: the child sends [42, None, 'hello'] and the parent receives it") {
     watchdog dog(30s);

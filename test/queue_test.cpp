@@ -11,12 +11,19 @@
 #include <asio/use_awaitable.hpp>
 
 #include <chrono>
+#include <climits>
 #include <cstdint>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
 #include <optional>
+#include <set>
 #include <string>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <thread>
 #include <tuple>
+#include <unistd.h>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -88,6 +95,64 @@ void put_later(coproc::queue<int> q, int v) {
 int put_from_worker(coproc::queue<int> q, int v) {
     q.put(v);
     return v;
+}
+
+/// The sockets this process holds.
+std::set<int> socket_fds() {
+    std::set<int> out;
+    if (DIR* d = opendir("/proc/self/fd")) {
+        while (dirent* e = readdir(d)) {
+            char link[64] = {};
+            const std::string path = std::string("/proc/self/fd/") + e->d_name;
+            if (e->d_name[0] != '.' && readlink(path.c_str(), link, sizeof link - 1) > 0 &&
+                std::strncmp(link, "socket:", 7) == 0)
+                out.insert(std::atoi(e->d_name));
+        }
+        closedir(d);
+    }
+    return out;
+}
+
+/// A queue and the end of its socket pair that puts go into, to forge messages with: the lower
+/// of the two sockets its constructor opened (socketpair takes the lowest free descriptors).
+template <class T> std::pair<coproc::queue<T>, int> queue_and_put_socket() {
+    const auto before = socket_fds();
+    coproc::queue<T> q;
+    std::vector<int> added;
+    for (int fd : socket_fds())
+        if (!before.count(fd))
+            added.push_back(fd);
+    REQUIRE(added.size() == 2);
+    return {q, added[0]};
+}
+
+/// A memfd holding `bytes`, sealed against changes if `sealed`.
+int memfd_holding(const std::string& bytes, bool sealed) {
+    const int fd = memfd_create("forged-item", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    REQUIRE(fd >= 0);
+    REQUIRE(write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+    if (sealed)
+        REQUIRE(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) == 0);
+    return fd;
+}
+
+/// Sends what a putter sends for an out-of-line item: tag 1, the announced size, the memfd.
+void send_out_of_line(int sock, int memfd, std::uint64_t announced) {
+    char tag = 1;
+    iovec iov[2] = {{&tag, 1}, {&announced, sizeof announced}};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &memfd, sizeof memfd);
+    REQUIRE(sendmsg(sock, &msg, 0) == 1 + static_cast<ssize_t>(sizeof announced));
+    close(memfd);
 }
 
 template <class T> T* shared_array(std::size_t n) {
@@ -298,6 +363,40 @@ TEST_CASE("close, then use, is an error; copies share the queue") {
     copy.close();
     CHECK_THROWS_AS(q.put("y"), coproc::error);
     CHECK_THROWS_AS(q.get(), coproc::error);
+}
+
+TEST_CASE("qsize and empty after close() throw, like every other use") {
+    coproc::queue<int> q;
+    q.put(1);
+    CHECK(q.qsize() == 1);
+    CHECK_FALSE(q.empty());
+    q.close();
+    CHECK_THROWS_WITH_AS(q.qsize(), doctest::Contains("after close()"), coproc::error);
+    CHECK_THROWS_WITH_AS(q.empty(), doctest::Contains("after close()"), coproc::error);
+}
+
+TEST_CASE("a forged out-of-line item is a clear error, and the queue goes on working") {
+    watchdog dog(60s);
+    auto [q, sock] = queue_and_put_socket<std::string>();
+    const std::string big(100'000, 'b');
+    std::vector<char> encoded;
+    coproc::serialize_into(encoded, big);
+    const std::string item(encoded.begin(), encoded.end());
+
+    // 10 bytes announced as 1 TiB: refused before anything is allocated for it.
+    send_out_of_line(sock, memfd_holding("0123456789", true), std::uint64_t{1} << 40);
+    CHECK_THROWS_WITH_AS(q.get(), doctest::Contains("1099511627776 bytes"), coproc::error);
+    // The right size in a memfd whose sender could still change it.
+    send_out_of_line(sock, memfd_holding(item, false), item.size());
+    CHECK_THROWS_WITH_AS(q.get(), doctest::Contains("not sealed"), coproc::error);
+    // Sealed and announced right, it is an item like any other.
+    send_out_of_line(sock, memfd_holding(item, true), item.size());
+    CHECK(q.get() == big);
+
+    q.put(big);
+    q.put("small");
+    CHECK(q.get() == big);
+    CHECK(q.get() == "small");
 }
 
 TEST_CASE("a queue made before the pool reaches its tasks; one made after is refused") {

@@ -52,11 +52,13 @@ class queue_core final : public registered {
     std::optional<std::vector<char>> get(std::optional<clock::time_point> deadline);
     static asio::awaitable<void> async_put(std::shared_ptr<queue_core> self, std::vector<char> msg);
     static asio::awaitable<std::vector<char>> async_get(std::shared_ptr<queue_core> self);
-    std::size_t qsize() const noexcept;
+    std::size_t qsize() const;
     void close() noexcept;
     void task_done();
     void join();
     static asio::awaitable<void> async_join(std::shared_ptr<queue_core> self);
+    /// Its descriptors, which a pool started with close_fds keeps open in its workers.
+    std::vector<int> descriptors() const { return {put_fd_, get_fd_, slots_fd_}; }
 
   private:
     friend class put_op;
@@ -111,10 +113,12 @@ template <class T> class queue {
     /// executor.
     [[nodiscard]] asio::awaitable<T> async_get() { return async_get_impl(core_); }
 
-    /// Whether the queue holds no items (approximate while others put and get).
-    bool empty() const noexcept { return qsize() == 0; }
-    /// The number of items in the queue (approximate while others put and get).
-    std::size_t qsize() const noexcept { return core_->qsize(); }
+    /// Whether the queue holds no items (approximate while others put and get). Throws
+    /// coproc::error after close().
+    bool empty() const { return qsize() == 0; }
+    /// The number of items in the queue (approximate while others put and get). Throws
+    /// coproc::error after close().
+    std::size_t qsize() const { return core_->qsize(); }
     /// Releases this process's descriptors of the queue (for every copy of the handle here);
     /// using the queue afterwards in this process throws coproc::error. Others are unaffected.
     void close() noexcept { core_->close(); }

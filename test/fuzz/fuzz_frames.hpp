@@ -9,16 +9,31 @@
 #include <coproc/error.hpp>
 #include <coproc/serialize.hpp>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <list>
 #include <map>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <tuple>
+#include <unordered_set>
+#include <variant>
 #include <vector>
 
 namespace coproc::fuzz {
+
+/// Decodes `payload` as a `T`: anything but a value or a coproc::error is a bug.
+template <class T> void try_decode(std::span<const char> payload) {
+    try {
+        T v{};
+        deserialize_from(payload, v);
+    } catch (const coproc::error&) {
+    }
+}
 
 /// Decodes `data` as a stream of frames (fed in pieces whose sizes the first byte picks) and
 /// every payload as an exception and as a few value types.
@@ -38,16 +53,16 @@ inline void fuzz_one(const std::uint8_t* data, std::size_t size) {
             in = in.subspan(n);
             while (auto f = dec.next()) {
                 (void)detail::decode_exception(f->payload, "fuzzed frame");
-                try {
-                    std::tuple<int, std::optional<int>, std::string> t;
-                    deserialize_from(f->payload, t);
-                } catch (const coproc::error&) {
-                }
-                try {
-                    std::map<std::string, std::vector<std::int64_t>> m;
-                    deserialize_from(f->payload, m);
-                } catch (const coproc::error&) {
-                }
+                try_decode<std::tuple<int, std::optional<int>, std::string>>(f->payload);
+                try_decode<std::map<std::string, std::vector<std::int64_t>>>(f->payload);
+                try_decode<std::vector<std::array<char, 4096>>>(f->payload);
+                try_decode<std::vector<std::vector<std::int64_t>>>(f->payload);
+                try_decode<std::deque<std::string>>(f->payload);
+                try_decode<std::list<std::u32string>>(f->payload);
+                try_decode<std::vector<bool>>(f->payload);
+                try_decode<std::vector<std::variant<std::monostate, int, std::string>>>(f->payload);
+                try_decode<std::tuple<std::vector<std::monostate>, std::set<int>>>(f->payload);
+                try_decode<std::unordered_set<std::string>>(f->payload);
             }
         }
     } catch (const coproc::error&) {
@@ -65,9 +80,22 @@ inline std::vector<std::vector<char>> seed_frames() {
         detail::end_frame(f, at, 1);
         out.push_back(std::move(f));
     };
-    add(detail::frame_kind::result, 1, std::tuple<int, std::optional<int>, std::string>{42, {}, "hello"});
-    add(detail::frame_kind::result, 2, std::map<std::string, std::vector<std::int64_t>>{{"a", {1, 2}}});
+    add(detail::frame_kind::result, 1,
+        std::tuple<int, std::optional<int>, std::string>{42, {}, "hello"});
+    add(detail::frame_kind::result, 2,
+        std::map<std::string, std::vector<std::int64_t>>{{"a", {1, 2}}});
     add(detail::frame_kind::task, 3, std::int64_t{1}, std::int64_t{2}, std::uint64_t{3}, 7);
+    add(detail::frame_kind::result, 5, std::vector<std::vector<std::int64_t>>{{1, 2}, {}, {3}});
+    add(detail::frame_kind::result, 6, std::deque<std::string>{"a", "", "bc"});
+    add(detail::frame_kind::result, 7, std::list<std::u32string>{U"x", U""});
+    add(detail::frame_kind::result, 8, std::vector<bool>{true, false, true});
+    add(detail::frame_kind::result, 9,
+        std::vector<std::variant<std::monostate, int, std::string>>{{}, 4, "s"});
+    add(detail::frame_kind::result, 10,
+        std::tuple<std::vector<std::monostate>, std::set<int>>{std::vector<std::monostate>(3),
+                                                               {1, 2}});
+    add(detail::frame_kind::result, 11, std::vector<std::array<char, 4096>>(1));
+    add(detail::frame_kind::result, 12, std::unordered_set<std::string>{"k", "key"});
     try {
         throw std::out_of_range("index 9");
     } catch (...) {

@@ -15,6 +15,8 @@ ninja -C build-fuzz test/fuzz/fuzz_frames | tail -n 1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 FUZZ_WRITE_CORPUS=test/fuzz/corpus build-fuzz/test/fuzz/fuzz_frames -runs=0 test/fuzz/corpus >/dev/null 2>&1
-build-fuzz/test/fuzz/fuzz_frames -max_total_time="$seconds" -rss_limit_mb=1024 -malloc_limit_mb=256 \
-    -artifact_prefix=test/fuzz/regressions/ "$work" test/fuzz/corpus test/fuzz/regressions 2>&1 | tail -n 5
+# Inputs up to 16 KiB from the start; no decode of one may allocate 8 MiB at once (a length prefix
+# that asks for far more memory than the bytes that follow it is what this catches).
+build-fuzz/test/fuzz/fuzz_frames -max_total_time="$seconds" -max_len=16384 -len_control=0 \
+    -rss_limit_mb=1024 -malloc_limit_mb=8 -artifact_prefix=test/fuzz/regressions/ "$work" test/fuzz/corpus test/fuzz/regressions 2>&1 | tail -n 5
 echo "fuzz: ran ${seconds}s; crashes (if any) are in test/fuzz/regressions/"

@@ -1,28 +1,36 @@
 // coproc/detail/archive.hpp — cereal's binary input archive, made safe for untrusted bytes.
 //
 // cereal::BinaryInputArchive trusts length prefixes: a forged prefix of 2^33 makes a string
-// allocate 8 GiB before the read fails. This archive reads the same format but refuses a
-// length prefix larger than the bytes left in the message (every element of a container
-// takes at least one byte, except empty types such as std::monostate), and a bool that is
-// neither 0 nor 1.
+// allocate 8 GiB before the read fails, and cereal's sequence loads resize to the prefix before
+// reading, so even a prefix the message could hold as bytes asks for bytes × element size (a
+// 64 KiB message read as a vector of 4 KiB arrays: 256 MiB). This archive reads the same format
+// but refuses a length prefix larger than the bytes left in the message (every element takes at
+// least one byte, except empty types such as std::monostate, which take none: a fixed ceiling
+// bounds those), loads vectors, strings, deques and lists element by element (memory grows with
+// what was actually read; numbers and characters are checked as bytes × size first), and
+// refuses a bool that is neither 0 nor 1.
 #pragma once
 
 #include <cereal/archives/binary.hpp>
 #include <cereal/cereal.hpp>
 
+#include <algorithm>
 #include <cstddef>
+#include <deque>
 #include <istream>
+#include <list>
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <unordered_set>
+#include <vector>
 
 namespace coproc::detail {
 
 class checked_input_archive
     : public cereal::InputArchive<checked_input_archive, cereal::AllowEmptyClassElision> {
   public:
-    explicit checked_input_archive(std::istream& stream)
-        : InputArchive(this), stream_(stream) {}
+    explicit checked_input_archive(std::istream& stream) : InputArchive(this), stream_(stream) {}
 
     void loadBinary(void* const data, std::streamsize size) {
         const auto got = stream_.rdbuf()->sgetn(static_cast<char*>(data), size);
@@ -62,13 +70,106 @@ template <class T>
 void CEREAL_SERIALIZE_FUNCTION_NAME(checked_input_archive& ar, cereal::SizeTag<T>& t) {
     ar(t.size);
     if (static_cast<std::size_t>(t.size) > ar.remaining())
-        throw cereal::Exception("a length prefix of " + std::to_string(t.size) +
-                                " exceeds the " + std::to_string(ar.remaining()) +
-                                " bytes left in the message");
+        throw cereal::Exception("a length prefix of " + std::to_string(t.size) + " exceeds the " +
+                                std::to_string(ar.remaining()) + " bytes left in the message");
 }
 
-template <class T> void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, cereal::BinaryData<T>& t) {
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, cereal::BinaryData<T>& t) {
     ar.loadBinary(t.data, static_cast<std::streamsize>(t.size));
+}
+
+/// The most elements of an empty type (no bytes each) a sequence may claim beyond the bytes left.
+inline constexpr std::size_t max_empty_elements = std::size_t{1} << 20;
+
+/// Reads the element count of a sequence whose elements take at least `bytes_each` bytes (0:
+/// empty types, bounded by max_empty_elements instead), refusing a count that the bytes left in
+/// the message cannot hold.
+inline std::size_t load_count(checked_input_archive& ar, std::size_t bytes_each) {
+    cereal::size_type n = 0;
+    ar.loadBinary(&n, sizeof n);
+    const std::size_t left = ar.remaining();
+    const std::size_t limit =
+        bytes_each == 0 ? std::max(left, max_empty_elements) : left / bytes_each;
+    if (n > limit)
+        throw cereal::Exception(
+            "a count of " + std::to_string(n) +
+            (bytes_each == 0
+                 ? " empty elements exceeds the limit of " + std::to_string(limit)
+                 : " elements of " + std::to_string(bytes_each) + " bytes or more exceeds the " +
+                       std::to_string(left) + " bytes left in the message"));
+    return static_cast<std::size_t>(n);
+}
+
+/// Loads a vector, deque or list one element at a time, so that its memory grows with the
+/// elements actually read; a vector reserves no more than the bytes left in the message.
+template <class Seq> void load_elements(checked_input_archive& ar, Seq& seq) {
+    using T = typename Seq::value_type;
+    const std::size_t n = load_count(ar, std::is_empty_v<T> ? 0 : 1);
+    seq.clear();
+    if constexpr (requires { seq.reserve(n); })
+        seq.reserve(std::min(n, ar.remaining() / sizeof(T)));
+    for (std::size_t i = 0; i < n; ++i)
+        ar(seq.emplace_back());
+}
+
+/// Loads an unordered set one key at a time; it reserves no more buckets (a pointer each) than
+/// fit in the bytes left in the message.
+template <class Set> void load_keys(checked_input_archive& ar, Set& set) {
+    using K = typename Set::key_type;
+    const std::size_t n = load_count(ar, std::is_empty_v<K> ? 0 : 1);
+    set.clear();
+    set.reserve(std::min(n, ar.remaining() / sizeof(void*)));
+    for (std::size_t i = 0; i < n; ++i) {
+        K key{};
+        ar(key);
+        set.emplace(std::move(key));
+    }
+}
+
+// These overloads are more specialised than cereal's (whose archive is a template parameter),
+// so they are the ones chosen. std::vector<bool> keeps cereal's: a count of bits is bounded by
+// the bytes left, one per bit.
+
+template <class T, class A>
+requires(!std::is_arithmetic_v<T>) void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar,
+                                                                  std::vector<T, A>& v) {
+    load_elements(ar, v);
+}
+
+template <class T, class A>
+requires(std::is_arithmetic_v<T> &&
+         !std::is_same_v<T, bool>) void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar,
+                                                                  std::vector<T, A>& v) {
+    v.resize(load_count(ar, sizeof(T)));
+    ar.loadBinary(v.data(), static_cast<std::streamsize>(v.size() * sizeof(T)));
+}
+
+template <class C, class Traits, class A>
+void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, std::basic_string<C, Traits, A>& s) {
+    s.resize(load_count(ar, sizeof(C)));
+    ar.loadBinary(s.data(), static_cast<std::streamsize>(s.size() * sizeof(C)));
+}
+
+template <class T, class A>
+void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, std::deque<T, A>& d) {
+    load_elements(ar, d);
+}
+
+template <class T, class A>
+void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, std::list<T, A>& l) {
+    load_elements(ar, l);
+}
+
+template <class K, class H, class E, class A>
+void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, std::unordered_set<K, H, E, A>& set) {
+    load_keys(ar, set);
+}
+
+template <class K, class H, class E, class A>
+void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar,
+                               std::unordered_multiset<K, H, E, A>& set) {
+    load_keys(ar, set);
 }
 
 } // namespace coproc::detail

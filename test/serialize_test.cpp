@@ -1,0 +1,153 @@
+// Test that header file is self-contained.
+#include <coproc/serialize.hpp>
+
+#include "alloc_counter.hpp"
+
+#include <doctest/doctest.h>
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <list>
+#include <map>
+#include <set>
+#include <string>
+#include <tuple>
+#include <unordered_set>
+#include <variant>
+#include <vector>
+
+namespace {
+
+struct point {
+    int x = 0, y = 0;
+    std::string label;
+    template <class A> void serialize(A& ar) { ar(x, y, label); }
+    bool operator==(const point&) const = default;
+};
+
+template <class T> T round_trip(const T& v) {
+    std::vector<char> buf;
+    coproc::serialize_into(buf, v);
+    T out{};
+    coproc::deserialize_from(buf, out);
+    return out;
+}
+
+/// A message: an element count, then `body` bytes `fill`.
+std::vector<char> count_then(std::uint64_t count, std::size_t body, char fill = 0) {
+    std::vector<char> msg(sizeof count + body, fill);
+    std::memcpy(msg.data(), &count, sizeof count);
+    return msg;
+}
+
+/// Decodes `msg` as a `T`, which must fail with coproc::error; returns the largest single
+/// allocation made meanwhile.
+template <class T> std::size_t largest_allocation_refusing(const std::vector<char>& msg) {
+    T out{};
+    coproc::test::take_largest_allocation();
+    CHECK_THROWS_AS(coproc::deserialize_from(msg, out), coproc::error);
+    return coproc::test::take_largest_allocation();
+}
+
+/// Decodes `msg` as a `T`, which must fail with coproc::error; returns the bytes allocated
+/// meanwhile.
+template <class T> std::size_t total_allocated_refusing(const std::vector<char>& msg) {
+    T out{};
+    coproc::test::take_total_allocated();
+    CHECK_THROWS_AS(coproc::deserialize_from(msg, out), coproc::error);
+    return coproc::test::take_total_allocated();
+}
+
+} // namespace
+
+TEST_SUITE_BEGIN("serialize");
+
+TEST_CASE("values of every standard container come back as they were sent") {
+    CHECK(round_trip(42) == 42);
+    CHECK(round_trip(std::string("hello")) == "hello");
+    CHECK(round_trip(std::string()).empty());
+    CHECK(round_trip(std::wstring(L"wide")) == L"wide");
+    CHECK(round_trip(std::u32string(U"\U0001F600 x")) == U"\U0001F600 x");
+    CHECK(round_trip(std::vector<bool>{true, false, true}) == std::vector<bool>{true, false, true});
+    CHECK(round_trip(std::vector<double>{}).empty());
+    CHECK(round_trip(std::vector<std::int64_t>{1, -2, 3}) == std::vector<std::int64_t>{1, -2, 3});
+    const std::vector<std::vector<int>> nested{{1, 2}, {}, {3}};
+    CHECK(round_trip(nested) == nested);
+    const std::vector<std::array<char, 16>> arrays(3, std::array<char, 16>{'a', 'b'});
+    CHECK(round_trip(arrays) == arrays);
+    CHECK(round_trip(std::array<int, 3>{7, 8, 9}) == std::array<int, 3>{7, 8, 9});
+    const std::deque<std::string> words{"a", "", "ccc"};
+    CHECK(round_trip(words) == words);
+    CHECK(round_trip(std::list<int>{4, 5, 6}) == std::list<int>{4, 5, 6});
+    const std::deque<std::vector<std::string>> deep{{"x", "y"}, {}};
+    CHECK(round_trip(deep) == deep);
+    const std::vector<point> points{{1, 2, "p"}, {3, 4, ""}};
+    CHECK(round_trip(points) == points);
+    const std::map<std::string, std::vector<std::int64_t>> m{{"a", {1, 2}}, {"b", {}}};
+    CHECK(round_trip(m) == m);
+    CHECK(round_trip(std::set<int>{3, 1, 2}) == std::set<int>{1, 2, 3});
+    CHECK(round_trip(std::unordered_set<std::string>{"u", "v"}) ==
+          std::unordered_set<std::string>{"u", "v"});
+    CHECK(round_trip(std::unordered_multiset<int>{1, 1, 2}) ==
+          std::unordered_multiset<int>{1, 1, 2});
+}
+
+TEST_CASE("loading into a non-empty container replaces what it held") {
+    std::vector<char> buf;
+    coproc::serialize_into(buf, std::vector<std::string>{"new"}, std::deque<int>{1},
+                           std::list<int>{2}, std::vector<int>{3});
+    std::vector<std::string> v{"old", "older"};
+    std::deque<int> d{9, 9, 9};
+    std::list<int> l{9, 9};
+    std::vector<int> i{9, 9, 9, 9};
+    coproc::deserialize_from(buf, v, d, l, i);
+    CHECK(v == std::vector<std::string>{"new"});
+    CHECK(d == std::deque<int>{1});
+    CHECK(l == std::list<int>{2});
+    CHECK(i == std::vector<int>{3});
+}
+
+TEST_CASE("a sequence of empty values (std::monostate) takes no bytes per element") {
+    const std::vector<std::monostate> five(5);
+    CHECK(round_trip(five).size() == 5);
+    const std::tuple<std::deque<std::monostate>, int> t{std::deque<std::monostate>(3), 7};
+    CHECK(round_trip(t) == t);
+    // Without bytes to bound it, a count of empty values has a fixed ceiling.
+    const auto msg = count_then(std::uint64_t{1} << 40, 0);
+    CHECK(largest_allocation_refusing<std::vector<std::monostate>>(msg) < 4096);
+}
+
+TEST_CASE("a forged count of 4 KiB elements in a 64 KiB message fails without allocating much") {
+    const std::size_t body = 64 * 1024;
+    const auto msg = count_then(body, body); // as many elements as bytes: each would take 4 KiB
+    using page = std::array<char, 4096>;
+    CHECK(largest_allocation_refusing<std::vector<page>>(msg) <= 2 * body);
+    CHECK(largest_allocation_refusing<std::deque<page>>(msg) <= 2 * body);
+    CHECK(total_allocated_refusing<std::list<page>>(msg) <= 2 * body);
+    // The first element's own count (all bits set) is refused at once.
+    const auto bad_inner = count_then(body, body, '\xff');
+    using nested = std::vector<std::vector<std::int64_t>>;
+    CHECK(largest_allocation_refusing<nested>(bad_inner) <= 2 * body);
+    CHECK(largest_allocation_refusing<std::vector<std::string>>(bad_inner) <= 2 * body);
+    CHECK(largest_allocation_refusing<std::unordered_set<std::string>>(bad_inner) <= 2 * body);
+    CHECK(largest_allocation_refusing<std::vector<page>>(count_then(std::uint64_t{1} << 40, body)) <
+          4096);
+}
+
+TEST_CASE("a count of numbers or wide characters must fit in the bytes left, before allocating") {
+    const std::size_t body = 64 * 1024;
+    const auto msg = count_then(body, body);
+    CHECK(largest_allocation_refusing<std::vector<std::int64_t>>(msg) < body);
+    CHECK(largest_allocation_refusing<std::vector<double>>(msg) < body);
+    CHECK(largest_allocation_refusing<std::u32string>(msg) < body);
+    std::vector<std::int64_t> v;
+    CHECK_THROWS_WITH_AS(coproc::deserialize_from(msg, v), doctest::Contains("65536"),
+                         coproc::error);
+    // The same count with enough bytes is a real vector.
+    CHECK_NOTHROW(coproc::deserialize_from(count_then(body / 8, body), v));
+    CHECK(v.size() == body / 8);
+}
+
+TEST_SUITE_END();
