@@ -1,0 +1,171 @@
+// coproc/detail/pool_calls.hpp — the calls behind pool's methods: apply's value_call,
+// map/starmap's map_call, Python's default chunksize, and how a call keeps its input range.
+#pragma once
+
+#include <coproc/detail/chunked_call.hpp>
+#include <coproc/detail/completion.hpp>
+#include <coproc/detail/pool_core.hpp>
+#include <coproc/error.hpp>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace coproc::detail {
+
+/// Python's default chunksize: ceil(n / (4 * workers)), at least 1.
+constexpr std::size_t default_chunksize(std::size_t n, std::size_t workers) noexcept {
+    const std::size_t d = 4 * std::max<std::size_t>(workers, 1);
+    return std::max<std::size_t>(1, n / d + (n % d != 0));
+}
+
+template <class T> using value_t = wire_result_t<T>;
+
+template <class T> asio::awaitable<T> await_completion(std::shared_ptr<completion<T>> c) {
+    co_await c->async_wait();
+    if constexpr (std::is_void_v<T>)
+        c->take();
+    else
+        co_return c->take();
+}
+
+/// A single-task call (apply): the completion is its own sink (one allocation per call).
+template <class T> class value_call final : public completion<T>, public task_sink {
+  public:
+    using completion<T>::completion;
+    void on_result(const job& j, std::span<const char> payload) override {
+        try {
+            value_t<T> v;
+            deserialize_from(payload, v);
+            this->set_value(std::move(v));
+        } catch (...) {
+            this->set_error(undecodable_result(j));
+        }
+    }
+    void on_error(const job&, std::exception_ptr e) override { this->set_error(std::move(e)); }
+};
+
+/// map/starmap: chunk k holds items [k * chunksize, ...); the results fill one vector.
+template <class T, class Fp, bool Star, class View> class map_call final : public chunked_call {
+  public:
+    map_call(std::shared_ptr<pool_core> core, std::shared_ptr<completion<std::vector<T>>> c, Fp fn,
+             View items, std::size_t n, std::size_t chunksize, std::size_t workers)
+        : chunked_call(std::move(core), window_chunks(workers, chunksize)), c_(std::move(c)),
+          results_(n), chunksize_(chunksize), remaining_(chunk_count(n, chunksize)),
+          encoder_(fn, std::move(items), chunksize) {}
+
+    void on_result(const job& j, std::span<const char> payload) override {
+        try {
+            const std::size_t first = j.chunk * chunksize_;
+            const std::size_t last = first + std::min(chunksize_, results_.size() - first);
+            reader r(payload);
+            for (std::size_t i = first; i < last; ++i) {
+                T v;
+                r(v);
+                results_[i] = std::move(v);
+            }
+            if (r.remaining() != 0)
+                throw error("malformed reply: bytes left after the results of a chunk");
+        } catch (...) {
+            return on_error(j, undecodable_result(j));
+        }
+        {
+            std::lock_guard lk(m_);
+            finished_locked(j);
+        }
+        if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1)
+            return c_->set_value(take_results());
+        try {
+            refill();
+        } catch (...) {
+            fail(std::current_exception());
+        }
+    }
+
+    void on_error(const job& j, std::exception_ptr e) override {
+        {
+            std::lock_guard lk(m_);
+            finished_locked(j);
+        }
+        fail(std::move(e));
+    }
+
+  protected:
+    job_ptr encode_next(std::size_t chunk, std::exception_ptr& error) override {
+        return encoder_.next(shared_from_this(), chunk, error);
+    }
+
+    // The whole call fails with the input's exception. Found by start() on the caller's
+    // thread, the callbacks still run on the pool's loop thread, as for any call.
+    void on_input_error(std::exception_ptr e) override {
+        if (!c_->has_callbacks() || core_->on_loop_thread())
+            return fail(std::move(e));
+        if (failed_.exchange(true))
+            return;
+        stop();
+        try {
+            core_->post([c = c_, e] { c->set_error(e); });
+        } catch (...) {
+            c_->set_error(std::move(e));
+        }
+    }
+
+  private:
+    // Python's map fails whole on the first error: stop sending chunks.
+    void fail(std::exception_ptr e) {
+        if (!failed_.exchange(true)) {
+            stop();
+            c_->set_error(std::move(e));
+        }
+    }
+
+    std::vector<T> take_results() {
+        if constexpr (std::is_same_v<T, bool>)
+            return std::vector<bool>(results_.begin(), results_.end());
+        else
+            return std::move(results_);
+    }
+
+    // std::vector<bool> packs its elements into shared words, which chunks completing at once
+    // on different threads would both write: bools are kept one per byte until the end.
+    using slot = std::conditional_t<std::is_same_v<T, bool>, unsigned char, T>;
+
+    std::shared_ptr<completion<std::vector<T>>> c_;
+    std::vector<slot> results_;
+    const std::size_t chunksize_;
+    std::atomic<std::size_t> remaining_;
+    std::atomic<bool> failed_{false};
+    chunk_encoder<Fp, Star, View> encoder_;
+};
+
+/// The input of a chunked call as a view the call can keep: lvalue ranges by reference (or
+/// copied, with `Copy`), rvalues moved in, unsized ranges collected into a vector.
+template <bool Copy, class Range> auto keep_range(Range&& r) {
+    using plain = std::remove_cvref_t<Range>;
+    constexpr bool collect =
+        !std::ranges::sized_range<Range> ||
+        (Copy && std::is_lvalue_reference_v<Range> && !std::ranges::view<plain>);
+    if constexpr (collect) {
+        std::vector<std::ranges::range_value_t<Range>> v;
+        if constexpr (std::ranges::sized_range<Range>)
+            v.reserve(std::ranges::size(r));
+        for (auto&& x : r)
+            v.push_back(std::forward<decltype(x)>(x));
+        return std::views::all(std::move(v));
+    } else {
+        return std::views::all(std::forward<Range>(r));
+    }
+}
+
+} // namespace coproc::detail
