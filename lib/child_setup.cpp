@@ -5,11 +5,14 @@
 #include <cerrno>
 #include <climits>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <dirent.h>
 #include <mutex>
 #include <pthread.h>
+#include <stdio_ext.h>
 #include <string>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 namespace coproc::detail {
@@ -88,11 +91,40 @@ void close_fds_except(std::vector<int> keep) noexcept {
     r.fds.clear();
 }
 
-void reset_sigchld() noexcept {
-    struct sigaction sa{};
-    sa.sa_handler = SIG_DFL; // and no SA_NOCLDWAIT: exits are reported, not reaped away
-    sigemptyset(&sa.sa_mask);
-    ::sigaction(SIGCHLD, &sa, nullptr);
+void close_inherited_fds(std::span<const int> mine, const std::vector<int>* only) noexcept {
+    if (!only)
+        return close_private_fds(mine);
+    std::vector<int> keep(*only);
+    keep.insert(keep.end(), mine.begin(), mine.end());
+    close_fds_except(std::move(keep));
+}
+
+void start_child(pid_t parent, int orphan_code, bool ignore_sigint, const sigset_t& mask) noexcept {
+    // The signal fires when the forking *thread* exits: coproc forks on threads that live as
+    // long as the process (see fork_thread.hpp).
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent)
+        ::_exit(orphan_code);
+    // Output the parent had buffered but not written belongs to the parent.
+    __fpurge(stdout);
+    __fpurge(stderr);
+    // Handlers installed by the parent (Asio's signal_set, a test framework's) must not run.
+    for (int s = 1; s < NSIG; ++s) {
+        struct sigaction sa;
+        if (::sigaction(s, nullptr, &sa) != 0)
+            continue;
+        if (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL) {
+            sa.sa_handler = SIG_DFL;
+            sa.sa_flags = 0;
+            ::sigaction(s, &sa, nullptr);
+        }
+    }
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL; // and no SA_NOCLDWAIT: exits are reported, not reaped away
+    sigemptyset(&dfl.sa_mask);
+    ::sigaction(SIGCHLD, &dfl, nullptr);
+    if (ignore_sigint)
+        std::signal(SIGINT, SIG_IGN);
+    ::sigprocmask(SIG_SETMASK, &mask, nullptr);
 }
 
 std::vector<int> open_fds() {

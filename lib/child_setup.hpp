@@ -8,9 +8,11 @@
 // here: these children never exec.
 #pragma once
 
+#include <csignal>
 #include <cstddef>
 #include <span>
 #include <string_view>
+#include <sys/types.h>
 #include <vector>
 
 namespace coproc::detail {
@@ -30,9 +32,18 @@ void close_private_fds(std::span<const int> keep) noexcept;
 /// `keep` (close_range where the kernel has it), and empties the registry.
 void close_fds_except(std::vector<int> keep) noexcept;
 
-/// In a freshly forked child: SIGCHLD back to its default action, without SA_NOCLDWAIT, so the
-/// exits of the child's own children can be waited for even if the parent ignores SIGCHLD.
-void reset_sigchld() noexcept;
+/// In a freshly forked child: closes what it inherited but must not keep. With `only` null,
+/// the registered private descriptors except `mine`; else every descriptor except stdio,
+/// `mine` and `*only` (pool_options::close_fds).
+void close_inherited_fds(std::span<const int> mine, const std::vector<int>* only) noexcept;
+
+/// The first steps of every child coproc forks: it dies with `parent` (PR_SET_PDEATHSIG, and
+/// _exit(orphan_code) if the parent is already gone), drops the stdio output the parent had
+/// buffered, sets the parent's signal handlers back to default (SIGCHLD too, without
+/// SA_NOCLDWAIT, so its own children can be waited for even if the parent ignores SIGCHLD),
+/// ignores SIGINT if `ignore_sigint` (pool processes: the parent decides) and takes `mask` as
+/// its signal mask.
+void start_child(pid_t parent, int orphan_code, bool ignore_sigint, const sigset_t& mask) noexcept;
 
 /// The descriptors open in this process, in order.
 std::vector<int> open_fds();

@@ -137,8 +137,16 @@ std::uint32_t load_pid() noexcept {
 
 void yield_cpu() noexcept { ::sched_yield(); }
 
-std::system_error os_error(const char* what) {
-    return std::system_error(errno, std::system_category(), what);
+std::system_error os_error(const char* what) { return os_error(errno, what); }
+
+std::system_error os_error(int err, const char* what) {
+    return std::system_error(err, std::system_category(), what);
+}
+
+int open_pidfd(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+int signal_pidfd(int pidfd, int sig) noexcept {
+    return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
 }
 
 ssize_t send_with_fds(int sock, std::span<iovec> iov, std::span<const int> fds,

@@ -15,6 +15,7 @@
 #include <asio/awaitable.hpp>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -30,6 +31,16 @@ namespace coproc::detail {
 
 /// std::system_error for the current errno: "`what`: <strerror>".
 std::system_error os_error(const char* what);
+/// std::system_error for `err`: "`what`: <strerror>".
+std::system_error os_error(int err, const char* what);
+
+/// errno says a non-blocking call would have blocked.
+inline bool would_block() noexcept { return errno == EAGAIN || errno == EWOULDBLOCK; }
+
+/// pidfd_open(2): a pidfd for `pid` (O_CLOEXEC), or -1 with errno set.
+int open_pidfd(pid_t pid) noexcept;
+/// pidfd_send_signal(2): 0, or -1 with errno set.
+int signal_pidfd(int pidfd, int sig) noexcept;
 
 /// An owned descriptor, closed on destruction.
 class unique_fd {
@@ -56,8 +67,7 @@ inline constexpr std::size_t max_passed_fds = 4;
 
 /// One sendmsg of `iov` with descriptors `fds` attached (SCM_RIGHTS; at most max_passed_fds);
 /// MSG_NOSIGNAL is added to `flags`. Returns what sendmsg returns (errno set on failure).
-ssize_t send_with_fds(int sock, std::span<iovec> iov, std::span<const int> fds,
-                      int flags) noexcept;
+ssize_t send_with_fds(int sock, std::span<iovec> iov, std::span<const int> fds, int flags) noexcept;
 /// One recvmsg into `iov`; the descriptors passed with the message (made O_CLOEXEC) go to
 /// `passed` in order (extra ones are closed). `truncated` as for recv_with_fd.
 ssize_t recv_with_fds(int sock, std::span<iovec> iov, std::span<unique_fd> passed, int flags,

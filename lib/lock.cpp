@@ -12,8 +12,8 @@
 // lock itself); an acquirer that finds the word taken spins spin_limit rounds before it sleeps.
 // Limitation: if a dead holder's pid is reused by a new process while the lock is held, the lock
 // looks alive (pid_max makes that rare).
-#include "io.hpp"
 #include <coproc/lock.hpp>
+#include "io.hpp"
 
 #include <cerrno>
 #include <poll.h>
@@ -37,7 +37,7 @@ std::uint32_t self_id() noexcept { return this_pid(); }
 
 /// Whether process `pid` has exited (or never existed).
 bool exited(std::uint32_t pid) noexcept {
-    const int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0));
+    const int fd = open_pidfd(static_cast<pid_t>(pid));
     if (fd < 0)
         return errno == ESRCH;
     pollfd p{fd, POLLIN, 0};

@@ -18,8 +18,8 @@
 // a buffer kept for the next big frame (no allocation, zeroing or page faults per message), and
 // the typed recv() decodes from where the bytes are, without copying them first. That buffer
 // grows as the body arrives (from 1 MiB, doubling), never to the size a header claims up front.
-#include "io.hpp"
 #include <coproc/pipe.hpp>
+#include "io.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -48,8 +48,6 @@ constexpr std::size_t big_first_size = 1 << 20;
 using header = std::uint64_t;
 
 [[noreturn]] void throw_eof(const char* what) { throw eof_error(what); }
-
-bool would_block() noexcept { return errno == EAGAIN || errno == EWOULDBLOCK; }
 
 } // namespace
 

@@ -477,7 +477,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
             errno = err;
             throw os_error("fork of a pool worker failed");
         }
-        const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        const int pfd = open_pidfd(pid);
         if (pfd < 0) {
             const auto e = os_error("pidfd_open of a pool worker failed (Linux >= 5.3 needed)");
             ::kill(pid, SIGKILL);
@@ -492,13 +492,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     // and maps the slots itself (the parent's mapping is not inherited).
     [[noreturn]] void fallback_worker_main(int fd, std::size_t slot) noexcept {
         const int mine[] = {fd, cfg_.slots_fd};
-        if (cfg_.only_needed_fds) {
-            std::vector<int> keep(cfg_.keep_fds);
-            keep.insert(keep.end(), std::begin(mine), std::end(mine));
-            close_fds_except(std::move(keep));
-        } else {
-            close_private_fds(mine);
-        }
+        close_inherited_fds(mine, cfg_.only_needed_fds ? &cfg_.keep_fds : nullptr);
         worker_slot* slots = nullptr;
         try {
             slots = map_slots(cfg_.slots_fd, cfg_.slots);
@@ -853,7 +847,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     // Signals through the pidfd where there is one, so a recycled pid is never hit.
     static void kill_worker(worker_proc& w) noexcept {
         if (w.pidfd)
-            ::syscall(SYS_pidfd_send_signal, w.pidfd->native_handle(), SIGKILL, nullptr, 0);
+            signal_pidfd(w.pidfd->native_handle(), SIGKILL);
         else if (w.pid > 0 && !w.exited)
             ::kill(w.pid, SIGKILL);
     }

@@ -1,10 +1,10 @@
 // process: fork, a pidfd to wait on (poll() when blocking, Asio when awaiting), waitpid to reap.
 // Also the lasting thread that forks for threads which may not outlive their children.
+#include <coproc/process.hpp>
 #include "child_setup.hpp"
 #include "fork_thread.hpp"
 #include "io.hpp"
 #include "transport.hpp"
-#include <coproc/process.hpp>
 
 #include <atomic>
 #include <cerrno>
@@ -159,35 +159,13 @@ namespace {
 
 std::atomic<unsigned> process_counter{0};
 
-// Handlers installed by the parent (a test framework's, Asio's signal_set) must not run in the
-// child: back to the defaults, then the parent's signal mask.
-void reset_signals(const sigset_t& mask) noexcept {
-    for (int s = 1; s < NSIG; ++s) {
-        struct sigaction sa;
-        if (::sigaction(s, nullptr, &sa) != 0)
-            continue;
-        if (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL) {
-            sa.sa_handler = SIG_DFL;
-            sa.sa_flags = 0;
-            ::sigaction(s, &sa, nullptr);
-        }
-    }
-    reset_sigchld();
-    ::sigprocmask(SIG_SETMASK, &mask, nullptr);
-}
-
 // Runs in the child, with every signal blocked until the handlers are reset.
 [[noreturn]] void child_main(process_body& body, const std::string& name, pid_t parent,
                              const sigset_t& mask) noexcept {
-    // Output the parent had buffered but not written belongs to the parent.
-    __fpurge(stdout);
-    __fpurge(stderr);
-    // No child outlives its parent process. The signal fires when the forking *thread* exits:
-    // start() forks on a thread that lives as long as the process (run_on_lasting_thread).
-    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent)
-        _exit(1);
+    // No child outlives its parent process: start() forks on a thread that lives as long as
+    // the process (run_on_lasting_thread).
+    start_child(parent, 1, false, mask);
     close_private_fds({}); // no pool's worker sockets, no other process's pidfd
-    reset_signals(mask);
     int code = 0;
     try {
         body.run();
@@ -268,7 +246,7 @@ void process::start() {
         errno = fork_errno;
         throw detail::os_error("fork failed");
     }
-    const int pfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    const int pfd = detail::open_pidfd(pid);
     if (pfd < 0) {
         const auto e = detail::os_error("pidfd_open failed (Linux >= 5.3 needed)");
         ::kill(pid, SIGKILL);
@@ -324,7 +302,7 @@ void process::signal(int sig) {
     std::lock_guard lk(s.mu);
     if (s.reaped)
         return;
-    if (::syscall(SYS_pidfd_send_signal, s.pidfd.get(), sig, nullptr, 0) != 0 && errno != ESRCH)
+    if (detail::signal_pidfd(s.pidfd.get(), sig) != 0 && errno != ESRCH)
         throw detail::os_error("pidfd_send_signal failed");
 }
 

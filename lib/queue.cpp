@@ -28,8 +28,8 @@
 // A bounded queue also holds an eventfd in semaphore mode counting free slots: put takes one
 // (waiting while it is zero, with poll() or Asio), get gives one back. qsize() and join() use
 // counters in shared memory; join() waits on the `unfinished` counter with a futex.
-#include "io.hpp"
 #include <coproc/queue.hpp>
+#include "io.hpp"
 
 #include <cerrno>
 #include <climits>
@@ -57,8 +57,6 @@ namespace {
 constexpr std::size_t inline_limit = 64 * 1024;
 constexpr int socket_buffer = 4 * 1024 * 1024; // capped by the kernel's wmem_max if unprivileged
 enum : char { tag_inline = 0, tag_memfd = 1 };
-
-bool would_block() noexcept { return errno == EAGAIN || errno == EWOULDBLOCK; }
 
 // What a memfd item must be sealed against: the getter trusts its size and reads it in place.
 constexpr int item_seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;

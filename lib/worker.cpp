@@ -1,10 +1,10 @@
 // The worker loop: blocking reads, batched replies, no Asio (see pool_core.cpp for the parent).
 #include "worker.hpp"
 
-#include "child_setup.hpp"
-#include "transport.hpp"
 #include <coproc/detail/function_id.hpp>
 #include <coproc/detail/wire.hpp>
+#include "child_setup.hpp"
+#include "transport.hpp"
 
 #include <cerrno>
 #include <csignal>
@@ -308,32 +308,11 @@ class worker {
 
 } // namespace
 
-void reset_child_state() noexcept {
-    // Handlers installed by the parent (Asio's signal_set among them) must not run here.
-    for (int s = 1; s < NSIG; ++s) {
-        struct sigaction sa;
-        if (sigaction(s, nullptr, &sa) != 0)
-            continue;
-        if (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL) {
-            sa.sa_handler = SIG_DFL;
-            sa.sa_flags = 0;
-            sigaction(s, &sa, nullptr);
-        }
-    }
-    std::signal(SIGINT, SIG_IGN);
-    reset_sigchld();
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    // Output the parent had buffered but not written belongs to the parent.
-    __fpurge(stdout);
-    __fpurge(stderr);
-}
-
 worker_slot* map_slots(int fd, std::size_t n) {
     void* m = ::mmap(nullptr, sizeof(worker_slot) * n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED)
-        throw std::system_error(errno, std::system_category(), "mmap of the pool's worker slots failed");
+        throw std::system_error(errno, std::system_category(),
+                                "mmap of the pool's worker slots failed");
     return static_cast<worker_slot*>(m);
 }
 
@@ -344,10 +323,9 @@ void tune_worker_socket(int fd) noexcept {
 }
 
 void worker_main(int fd, worker_slot* slot, const worker_config& cfg) noexcept {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != cfg.parent)
-        _exit(0); // the parent died between fork() and prctl()
-    reset_child_state();
+    sigset_t none;
+    sigemptyset(&none);
+    start_child(cfg.parent, 0, true, none);
     for (int other : cfg.close_fds)
         ::close(other);
     slot->task_id.store(0, std::memory_order_relaxed);

@@ -53,10 +53,6 @@ worker_slot* map_slots(int fd, std::size_t n);
 
 std::int64_t monotonic_ns() noexcept;
 
-/// In a fresh child: the parent's signal handlers back to default, Ctrl-C ignored (the parent
-/// decides), no blocked signals, and stdio output the parent had buffered dropped.
-void reset_child_state() noexcept;
-
 /// Larger socket buffers for a worker's socket: fewer wake-ups per large argument or result.
 void tune_worker_socket(int fd) noexcept;
 

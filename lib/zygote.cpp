@@ -12,8 +12,8 @@
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
-#include <sys/syscall.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <system_error>
 #include <unistd.h>
@@ -28,10 +28,6 @@ struct spawn_reply {
     int err;   // errno of the failure
 };
 
-std::system_error os_error(int err, const char* what) {
-    return std::system_error(err, std::system_category(), what);
-}
-
 ssize_t send_reply(int sock, const spawn_reply& r, std::span<const int> fds = {}) {
     iovec iov{const_cast<spawn_reply*>(&r), sizeof r};
     ssize_t n;
@@ -43,19 +39,12 @@ ssize_t send_reply(int sock, const spawn_reply& r, std::span<const int> fds = {}
 
 // The zygote's life: fork workers on request, reap them, report their exits.
 [[noreturn]] void serve(int requests, int events, const worker_config& cfg) noexcept {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != cfg.parent)
-        _exit(0);
-    reset_child_state(); // SIGCHLD too: an ignored SIGCHLD would reap the workers unreported
+    sigset_t none;
+    sigemptyset(&none);
+    start_child(cfg.parent, 0, true, none); // SIGCHLD too: if ignored, workers go unreported
     // Nothing of other pools (or, with close_fds, of the program) reaches the workers.
     const int mine[] = {requests, events, cfg.slots_fd};
-    if (cfg.only_needed_fds) {
-        std::vector<int> keep(cfg.keep_fds);
-        keep.insert(keep.end(), std::begin(mine), std::end(mine));
-        close_fds_except(std::move(keep));
-    } else {
-        close_private_fds(mine);
-    }
+    close_inherited_fds(mine, cfg.only_needed_fds ? &cfg.keep_fds : nullptr);
     worker_slot* slots = nullptr;
     try {
         slots = map_slots(cfg.slots_fd, cfg.slots);
@@ -140,7 +129,7 @@ ssize_t send_reply(int sock, const spawn_reply& r, std::span<const int> fds = {}
         }
         children.push_back(pid);
         // Opened before the worker can be reaped (only this process reaps it): never stale.
-        const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        const int pidfd = open_pidfd(pid);
         if (pidfd < 0) {
             const int perr = errno;
             ::kill(pid, SIGKILL);

@@ -81,7 +81,6 @@ template <class R> using wire_result_t = std::conditional_t<std::is_void_v<R>, s
 template <class Fp> struct fn_traits;
 template <class R, class... A> struct fn_traits<R (*)(A...)> {
     using result = std::decay_t<R>;
-    using wire_result = wire_result_t<result>;
     using args = std::tuple<std::decay_t<A>...>;
     using params = std::tuple<A...>;
     static constexpr std::size_t arity = sizeof...(A);
