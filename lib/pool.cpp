@@ -1,7 +1,7 @@
 // pool: the public class around pool_core, and the event-loop thread a pool may own.
+#include <coproc/pool.hpp>
 #include "child_setup.hpp"
 #include "fork_thread.hpp"
-#include <coproc/pool.hpp>
 
 #include <asio/detail/reactor.hpp>
 #include <asio/executor_work_guard.hpp>

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs what is missing (Debian 12, as root), builds and runs the whole test suite three
-# ways: a normal build (with samples and bench), AddressSanitizer+UBSan, and ThreadSanitizer
-# for the tests that use threads. Ends with one line: "tests: N passed, M failed"; exits
-# non-zero on any failure.
-#   COPROC_QUICK=1 ./test/run.sh     the normal build only
+# Installs what is missing (Debian 12, as root), builds and runs the whole test suite four
+# ways: a normal build with g++ (with samples and bench), the same with clang, AddressSanitizer+
+# UBSan, and ThreadSanitizer for the tests that use threads. Warnings in the library are errors.
+# Ends with one line: "tests: N passed, M failed"; exits non-zero on any failure.
+#   COPROC_QUICK=1 ./test/run.sh     the normal g++ build only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . test/setup.sh
+[ -n "${COPROC_QUICK:-}" ] || COPROC_PACKAGES+=("${COPROC_CLANG_PACKAGES[@]}")
 coproc_install_packages
 
 logs=()
@@ -27,9 +28,12 @@ run_suite() { # run_suite NAME BUILD_DIR "meson test args" [meson setup options.
     logs+=("$dir/meson-logs/testlog.json")
 }
 
-run_suite release build "" -Dsamples=true -Dbench=true
+run_suite release build "" -Dsamples=true -Dbench=true -Dwerror_library=true
 
 if [ -z "${COPROC_QUICK:-}" ]; then
+    # The same suite built by clang (its own warnings, its own coroutine code generation).
+    CXX=$COPROC_CLANG run_suite "$COPROC_CLANG" build-clang "" \
+        -Dsamples=false -Dbench=false -Dwerror_library=true
     # Sanitizer builds: -O0 without debug info compiles in about half the time; symbols still
     # name the functions in a report.
     sanitized=(-Doptimization=0 -Ddebug=false -Db_lundef=false -Dsamples=false -Dbench=false)
@@ -42,7 +46,7 @@ if [ -z "${COPROC_QUICK:-}" ]; then
     # The tests whose parent runs several threads (the pool's loop, callers, lock helpers).
     # Forked workers are single-threaded; TSan checks the parent.
     export TSAN_OPTIONS="die_after_fork=0:halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/test/tsan.supp"
-    tsan_tests="pool async_result async_generator lock threaded_respawn"
+    tsan_tests="pool pool_input async_result async_generator lock threaded_respawn"
     COPROC_TARGETS=$(printf 'test/%s_test ' $tsan_tests) \
         run_suite "thread sanitizer" build-tsan "$tsan_tests" -Db_sanitize=thread "${sanitized[@]}"
 fi

@@ -1,8 +1,14 @@
+# shellcheck shell=bash
 # Shared set-up of ./test/run.sh and ./samples/run.sh: install what is missing, configure, build.
 # Usage: . test/setup.sh; coproc_setup BUILD_DIR [meson options...]
 set -euo pipefail
 
 COPROC_PACKAGES=(g++ meson ninja-build pkg-config cmake libasio-dev libcereal-dev doctest-dev python3)
+# ./test/run.sh also builds and tests with clang (adds these to COPROC_PACKAGES).
+# shellcheck disable=SC2034 # used by run.sh
+COPROC_CLANG=clang++-19
+# shellcheck disable=SC2034
+COPROC_CLANG_PACKAGES=(clang-19)
 
 coproc_install_packages() {
     local missing=()

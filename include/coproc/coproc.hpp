@@ -11,3 +11,4 @@
 #include <coproc/process.hpp>
 #include <coproc/queue.hpp>
 #include <coproc/serialize.hpp>
+#include <coproc/version.hpp>

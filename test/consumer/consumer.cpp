@@ -1,4 +1,4 @@
-// The README's first example, compiled against coproc as a subproject.
+// The README's first example, built by check.sh against coproc as a subproject and as installed.
 #include <coproc/coproc.hpp>
 
 #include <chrono>
@@ -16,6 +16,6 @@ int main() {
     while (!results.ready())
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     const auto r = results.get();
-    std::printf("%d %d %d\n", r[0], r[1], r[2]);
+    std::printf("coproc %s: %d %d %d\n", COPROC_VERSION_STRING, r[0], r[1], r[2]);
     return r == std::vector<int>{3, 7, 11} ? 0 : 1;
 }
