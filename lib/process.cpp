@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <fcntl.h>
 #include <mutex>
 #include <poll.h>
 #include <stdio_ext.h>
@@ -161,11 +162,18 @@ std::atomic<unsigned> process_counter{0};
 
 // Runs in the child, with every signal blocked until the handlers are reset.
 [[noreturn]] void child_main(process_body& body, const std::string& name, pid_t parent,
-                             const sigset_t& mask) noexcept {
+                             const sigset_t& mask, const int (&gate)[2]) noexcept {
     // No child outlives its parent process: start() forks on a thread that lives as long as
     // the process (run_on_lasting_thread).
     start_child(parent, 1, false, mask);
-    close_private_fds({}); // no pool's worker sockets, no other process's pidfd
+    close_private_fds(gate); // no pool's worker sockets, no other process's pidfd
+    // Wait until the parent holds our pidfd: a parent that ignores SIGCHLD would otherwise
+    // find us reaped, and our pid possibly reused, if we ended first.
+    ::close(gate[1]);
+    char go;
+    while (::read(gate[0], &go, 1) < 0 && errno == EINTR) {
+    }
+    ::close(gate[0]);
     int code = 0;
     try {
         body.run();
@@ -228,25 +236,37 @@ void process::start() {
     sigset_t all, mask;
     sigfillset(&all);
     ::pthread_sigmask(SIG_BLOCK, &all, &mask); // the child starts with every signal blocked
+    int gate[2]; // the child starts once its pidfd is open here (see child_main)
+    if (::pipe2(gate, O_CLOEXEC) != 0) {
+        ::pthread_sigmask(SIG_SETMASK, &mask, nullptr);
+        throw detail::os_error("pipe for a process start failed");
+    }
+    const detail::unique_fd gate_read(gate[0]), gate_write(gate[1]);
+    detail::register_private_fd(gate[0]); // no other child of ours may keep them
+    detail::register_private_fd(gate[1]);
     pid_t pid = -1;
     int fork_errno = 0;
     try {
         detail::run_on_lasting_thread([&] {
             pid = ::fork();
             if (pid == 0)
-                detail::child_main(*state_->body, name, parent, mask);
+                detail::child_main(*state_->body, name, parent, mask, gate);
             fork_errno = errno;
         });
     } catch (...) {
         ::pthread_sigmask(SIG_SETMASK, &mask, nullptr);
+        detail::unregister_private_fd(gate[0]);
+        detail::unregister_private_fd(gate[1]);
         throw;
     }
     ::pthread_sigmask(SIG_SETMASK, &mask, nullptr);
+    detail::unregister_private_fd(gate[0]);
+    detail::unregister_private_fd(gate[1]);
     if (pid < 0) {
         errno = fork_errno;
         throw detail::os_error("fork failed");
     }
-    const int pfd = detail::open_pidfd(pid);
+    const int pfd = detail::open_pidfd(pid); // the child waits at the gate: it is still there
     if (pfd < 0) {
         const auto e = detail::os_error("pidfd_open failed (Linux >= 5.3 needed)");
         ::kill(pid, SIGKILL);
@@ -256,6 +276,9 @@ void process::start() {
     state_->pid = pid;
     state_->pidfd.reset(pfd);
     detail::register_private_fd(pfd);
+    const char go = 1;
+    while (::write(gate[1], &go, 1) < 0 && errno == EINTR) {
+    }
 }
 
 detail::process_state& process::started_state(const char* what) const {

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <fcntl.h>
 #include <dirent.h>
@@ -47,6 +48,9 @@ int in_child(const std::function<int()>& body, std::chrono::seconds limit) {
         int code = 99;
         try {
             code = body();
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "in_child: %s\n", e.what());
+            code = 98;
         } catch (...) {
             code = 98;
         }
@@ -260,6 +264,25 @@ TEST_CASE("with SIGCHLD ignored, a dead worker still fails its task and is repla
 
 TEST_CASE("with SA_NOCLDWAIT set, a dead worker still fails its task and is replaced") {
     CHECK(in_child([] { return pool_with_sigchld(true); }, 30s) == 0);
+}
+
+// With SIGCHLD ignored, the kernel reaps a child the moment it ends: one that ends before its
+// parent opened its pidfd must not make start() fail (or worse, leave it a reused pid).
+TEST_CASE("with SIGCHLD ignored, processes that end at once still start and join") {
+    CHECK(in_child(
+              [] {
+                  ::signal(SIGCHLD, SIG_IGN);
+                  for (int i = 0; i < 1000; ++i) {
+                      coproc::process p([] {});
+                      p.start();
+                      try {
+                          p.join();
+                      } catch (const coproc::error&) { // its status is reaped away
+                      }
+                  }
+                  return 0;
+              },
+              120s) == 0);
 }
 
 TEST_CASE("a worker whose exit the fork server never reports still fails its task") {
