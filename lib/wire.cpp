@@ -1,13 +1,10 @@
 // Frame encoding and decoding (see include/coproc/detail/wire.hpp).
-#include <coproc/detail/function_id.hpp>
 #include <coproc/detail/wire.hpp>
 
 #include <algorithm>
 #include <string>
 
 namespace coproc::detail {
-
-const char function_anchor = 0;
 
 namespace {
 constexpr std::size_t keep_capacity = 4 << 20; // a larger buffer is not kept once empty

@@ -71,9 +71,6 @@ class frame_decoder {
     /// stays valid until the next call to write_area().
     std::optional<frame> next();
 
-    /// Bytes received but not yet returned as frames.
-    std::size_t buffered() const noexcept { return end_ - begin_; }
-
   private:
     std::vector<char> buf_;
     std::size_t initial_;

@@ -1,0 +1,161 @@
+// The parent's side of one pool worker (private to the library): its socket and pidfd, the
+// jobs handed to it, the batched write in progress, its lifecycle and how it ended.
+//
+// A link holds no lock of its own: the pool guards every link with its one mutex.
+#pragma once
+
+#include <coproc/detail/pool_core.hpp>
+#include <coproc/detail/wire.hpp>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/buffer.hpp>
+#include <asio/local/stream_protocol.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/write.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <string>
+#include <sys/types.h>
+#include <utility>
+#include <vector>
+
+namespace coproc::detail {
+
+/// "task 7 (int (*)(int))": a job as error messages name it.
+std::string describe(const job& j);
+
+/// Where a worker is in its life. Only ever moves forward.
+enum class link_state {
+    serving,   // takes new jobs
+    retiring,  // got maxtasksperchild jobs: it exits after answering them
+    shut,      // our write side is shut: the worker exits when done
+    exited,    // the process is gone; its last replies may still be read
+    finalized, // its jobs are settled and its I/O released
+};
+
+/// Why the pool killed a worker, if it did.
+enum class kill_reason { none, timeout, protocol_error };
+
+class worker_link {
+  public:
+    using socket_t = asio::local::stream_protocol::socket;
+
+    /// A link to worker `pid` in `slot`, without I/O yet (see attach()).
+    worker_link(pid_t pid, std::size_t slot, bool from_zygote) noexcept
+        : pid_(pid), slot_(slot), from_zygote_(from_zygote) {}
+
+    /// Takes ownership of the worker's socket `fd` and `pidfd` (registered private fds).
+    void attach(const asio::any_io_executor& ex, int fd, int pidfd);
+
+    pid_t pid() const noexcept { return pid_; }
+    std::size_t slot() const noexcept { return slot_; }
+    /// Its exit status is reported by the fork server (its parent), not waited for here.
+    bool from_zygote() const noexcept { return from_zygote_; }
+    link_state state() const noexcept { return state_; }
+    bool has_exited() const noexcept { return state_ >= link_state::exited; }
+    bool has_socket() const noexcept { return sock_ != nullptr; }
+
+    /// Whether new jobs may be handed to it.
+    bool accepts() const noexcept {
+        return state_ == link_state::serving && !eof && reason_ == kill_reason::none;
+    }
+    /// It got its last job (maxtasksperchild).
+    void retire() noexcept {
+        if (state_ == link_state::serving)
+            state_ = link_state::retiring;
+    }
+    /// Shuts our write side: the worker sees EOF and exits once its jobs are answered.
+    void shut();
+    /// The process is gone, with wait status `status` (none: unknown).
+    void mark_exited(std::optional<int> status) noexcept;
+    /// Its jobs are settled: releases its I/O.
+    void finalize();
+
+    /// Kills the worker with SIGKILL (through its pidfd where there is one, so a recycled pid
+    /// is never hit), noting why unless a reason is already known.
+    void kill(kill_reason why = kill_reason::none, std::string message = {}) noexcept;
+    kill_reason reason() const noexcept { return reason_; }
+    /// What was wrong with its replies (kill_reason::protocol_error).
+    const std::string& protocol_error() const noexcept { return protocol_error_; }
+
+    /// The signal that killed it (0: none) and its exit status (-1: none or unknown).
+    std::pair<int, int> exit_info() const noexcept;
+    /// How it ended: "was killed by signal 9 (Killed)", "exited with status 3"...
+    std::string how_it_ended() const;
+    /// The error for `j`, which it was running when it died (or every job of a worker that
+    /// broke the protocol); `timeout` is the pool's task timeout.
+    std::exception_ptr lost_error(const job& j, std::chrono::milliseconds timeout) const;
+    /// The error for `j`, which it ran to the end, but whose reply died with it.
+    std::exception_ptr result_lost_error(const job& j) const;
+
+    /// Moves the jobs of to_send into one write: returns false if a write is under way or
+    /// there is nothing to send (or no socket), else sets `writing`.
+    bool begin_write();
+    /// Writes the buffers begin_write() built; `handler(error_code)` completes it.
+    template <class Handler> void async_write(Handler&& handler) {
+        // transfer_all() would cap each writev at 64 KiB; ask for everything that is left.
+        const std::size_t total = asio::buffer_size(bufs_);
+        auto all_of_it = [total](const std::error_code& ec, std::size_t done) -> std::size_t {
+            return ec || done >= total ? 0 : total - done;
+        };
+        asio::async_write(*sock_, bufs_, all_of_it,
+                          [h = std::forward<Handler>(handler)](std::error_code ec,
+                                                               std::size_t) mutable { h(ec); });
+    }
+    /// The write is over: returns the parked jobs, to be freed without the pool's mutex.
+    std::vector<job_ptr> end_write();
+
+    /// Reads more of the worker's replies into the decoder; `handler(error_code, size_t)`.
+    template <class Handler> void async_read(Handler&& handler) {
+        const auto area = dec.write_area();
+        sock_->async_read_some(asio::buffer(area.data(), area.size()),
+                               std::forward<Handler>(handler));
+    }
+    /// Waits until the pidfd is readable (the process exited); `handler(error_code)`.
+    template <class Handler> void async_wait_exit(Handler&& handler) {
+        pidfd_->async_wait(asio::posix::descriptor_base::wait_read, std::forward<Handler>(handler));
+    }
+    /// Calls `handler(error_code)` after `d` (one timer at a time: a new one replaces it).
+    template <class Handler>
+    void start_grace(const asio::any_io_executor& ex, std::chrono::steady_clock::duration d,
+                     Handler&& handler) {
+        grace_ = std::make_unique<asio::steady_timer>(ex, d);
+        grace_->async_wait(std::forward<Handler>(handler));
+    }
+
+    std::deque<job_ptr> inflight; // handed to this worker, oldest first
+    std::vector<job*> to_send;    // not yet part of a write
+    std::vector<job_ptr> parked;  // failed jobs whose frames the write in progress still reads
+    frame_decoder dec;
+    std::uint64_t assigned = 0;  // jobs handed to it, for maxtasksperchild
+    std::int64_t idle_since = 0; // for timeouts: when an idle worker with work was first seen
+    bool eof = false;            // no more replies will be read
+    bool writing = false;        // a write is under way
+    bool answered = false;       // it has sent a reply (so its initializer ran)
+
+  private:
+    void release_io() noexcept;
+
+    pid_t pid_;
+    std::size_t slot_;
+    bool from_zygote_;
+    link_state state_ = link_state::serving;
+    kill_reason reason_ = kill_reason::none;
+    std::string protocol_error_;
+    std::optional<int> status_; // its wait status, once known
+    std::unique_ptr<socket_t> sock_;
+    std::unique_ptr<asio::posix::stream_descriptor> pidfd_;
+    std::unique_ptr<asio::steady_timer> grace_;
+    std::vector<char> staging_;            // the small frames of the write in progress
+    std::vector<asio::const_buffer> bufs_; // the write in progress
+};
+using link_ptr = std::shared_ptr<worker_link>;
+
+} // namespace coproc::detail

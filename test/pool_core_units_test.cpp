@@ -1,0 +1,293 @@
+// The pool core's units without forking: dispatch, the at-most-once loss rules, the timeout
+// rule, a worker link's lifecycle.
+#include <coproc/detail/pool_core.hpp>
+#include "../lib/dispatcher.hpp"
+#include "../lib/loss_rules.hpp"
+#include "../lib/task_key.hpp"
+#include "../lib/timeout_watch.hpp"
+#include "../lib/worker_link.hpp"
+
+#include <doctest/doctest.h>
+
+#include <csignal>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+using namespace coproc::detail;
+
+namespace {
+
+int twice(int x) { return 2 * x; }
+
+struct null_sink final : task_sink {
+    void on_result(const job&, std::span<const char>) override {}
+    void on_error(const job&, std::exception_ptr) override {}
+};
+
+job_ptr make_test_job(const std::shared_ptr<task_sink>& sink) {
+    return make_job(
+        &twice, [](auto&) { return 0; }, sink, 0);
+}
+
+// Workers that are never forked: pid -1, so kill() signals nobody.
+std::vector<link_ptr> make_links(std::size_t n) {
+    std::vector<link_ptr> links;
+    for (std::size_t i = 0; i < n; ++i)
+        links.push_back(std::make_shared<worker_link>(-1, i, false));
+    return links;
+}
+
+task_prefix prefix_of(const job& j) {
+    task_prefix p;
+    std::memcpy(&p, j.frame.data() + sizeof(frame_header), sizeof p);
+    return p;
+}
+
+constexpr task_key test_key{0x0123456789abcdef, 0xfedcba9876543210};
+
+} // namespace
+
+TEST_SUITE_BEGIN("pool_core_units");
+
+TEST_CASE("dispatch hands each job to the least-loaded link that accepts work") {
+    auto sink = std::make_shared<null_sink>();
+    dispatcher d(test_key, 0);
+    auto links = make_links(3);
+    links[0]->inflight.push_back(make_test_job(sink));
+    links[0]->inflight.push_back(make_test_job(sink));
+    links[1]->inflight.push_back(make_test_job(sink));
+    d.push(make_test_job(sink));
+    d.push(make_test_job(sink));
+    d.push(make_test_job(sink));
+    d.dispatch(links);
+    CHECK(d.empty());
+    // 2,1,0 → 2,1,1 → 2,2,1 (first of the least loaded) → 2,2,2
+    CHECK(links[0]->inflight.size() == 2);
+    CHECK(links[1]->inflight.size() == 2);
+    CHECK(links[2]->inflight.size() == 2);
+    CHECK(links[0]->to_send.empty());
+    CHECK(links[1]->to_send.size() == 1);
+    CHECK(links[2]->to_send.size() == 2);
+    CHECK(links[2]->to_send[0] == links[2]->inflight[0].get());
+}
+
+TEST_CASE("dispatch gives a link at most cap() jobs, the cap following task durations") {
+    auto sink = std::make_shared<null_sink>();
+    dispatcher d(test_key, 0);
+    CHECK(d.cap() == 4); // durations unknown
+    auto links = make_links(2);
+    for (int i = 0; i < 10; ++i)
+        d.push(make_test_job(sink));
+    d.dispatch(links);
+    CHECK(links[0]->inflight.size() == 4);
+    CHECK(links[1]->inflight.size() == 4);
+    CHECK(d.size() == 2); // kept for later
+
+    dispatcher slow(test_key, 0);
+    for (int i = 0; i < 50; ++i)
+        slow.note_duration(100'000'000); // 100 ms each
+    CHECK(slow.cap() == 2);
+    dispatcher fast(test_key, 0);
+    for (int i = 0; i < 50; ++i)
+        fast.note_duration(10); // 10 ns each
+    CHECK(fast.cap() == 1024);
+    dispatcher absurd(test_key, 0);
+    absurd.note_duration(~std::uint64_t{0}); // a worker's figure: bounded
+    CHECK(absurd.cap() == 2);
+}
+
+TEST_CASE("dispatch drops the queued jobs of cancelled calls") {
+    auto live = std::make_shared<null_sink>();
+    auto gone = std::make_shared<null_sink>();
+    gone->cancel();
+    dispatcher d(test_key, 0);
+    auto links = make_links(1);
+    d.push(make_test_job(gone));
+    d.push(make_test_job(live));
+    d.push(make_test_job(gone));
+    d.dispatch(links);
+    CHECK(d.empty());
+    REQUIRE(links[0]->inflight.size() == 1);
+    CHECK(links[0]->inflight[0]->sink == live);
+}
+
+TEST_CASE("a job gets its id and its sealed frame once, even when queued again") {
+    auto sink = std::make_shared<null_sink>();
+    dispatcher d(test_key, 0);
+    auto links = make_links(1);
+    d.push(make_test_job(sink));
+    d.push(make_test_job(sink));
+    const task_prefix unsealed = prefix_of(*make_test_job(sink));
+    d.dispatch(links);
+    REQUIRE(links[0]->inflight.size() == 2);
+    const job& first = *links[0]->inflight[0];
+    CHECK(first.id == 1);
+    CHECK(links[0]->inflight[1]->id == 2);
+    CHECK(read_header(first.frame.data()).id == 1);
+    const task_prefix sealed = prefix_of(first);
+    CHECK(sealed.mac == task_mac(test_key, unsealed.entry, unsealed.fn, unsealed.mac));
+    const std::vector<char> frame = first.frame;
+
+    // The worker died before running it: it is queued again and handed to another worker.
+    std::deque<job_ptr> again;
+    again.push_back(std::move(links[0]->inflight[0]));
+    links[0]->inflight.clear();
+    links[0]->to_send.clear();
+    links[0]->mark_exited(SIGKILL);
+    d.requeue(std::move(again));
+    auto others = make_links(1);
+    d.dispatch(others);
+    REQUIRE(others[0]->inflight.size() == 1);
+    CHECK(others[0]->inflight[0]->id == 1);
+    CHECK(others[0]->inflight[0]->frame == frame);
+}
+
+TEST_CASE("maxtasksperchild marks a link retiring once it has its last job") {
+    auto sink = std::make_shared<null_sink>();
+    dispatcher d(test_key, 3);
+    auto links = make_links(1);
+    for (int i = 0; i < 5; ++i)
+        d.push(make_test_job(sink));
+    d.dispatch(links);
+    CHECK(links[0]->inflight.size() == 3);
+    CHECK(links[0]->state() == link_state::retiring);
+    CHECK_FALSE(links[0]->accepts());
+    CHECK(d.size() == 2);
+}
+
+TEST_CASE("links that do not accept work get no jobs") {
+    auto sink = std::make_shared<null_sink>();
+    dispatcher d(test_key, 0);
+    auto links = make_links(5);
+    links[0]->retire();
+    links[1]->eof = true;
+    links[2]->kill(kill_reason::timeout);
+    links[3]->mark_exited(0);
+    links[4]->kill(kill_reason::protocol_error, "garbage");
+    d.push(make_test_job(sink));
+    d.dispatch(links);
+    CHECK(d.size() == 1);
+    for (const auto& w : links) {
+        CHECK(w->inflight.empty());
+        CHECK(w->to_send.empty());
+    }
+    const auto more = make_links(1);
+    const std::vector<link_ptr> all{links[0], more[0]};
+    d.dispatch(all);
+    CHECK(d.empty());
+    CHECK(more[0]->inflight.size() == 1);
+}
+
+TEST_CASE("a dead worker's running job fails as lost, the jobs it never started run again") {
+    const std::vector<std::uint64_t> ids{4, 5, 6};
+    const auto plan = plan_losses(ids, 4, 0, false);
+    REQUIRE(plan.failures.size() == 1);
+    CHECK(plan.failures[0].job == 0);
+    CHECK_FALSE(plan.failures[0].ran);
+    CHECK(plan.requeue == std::vector<std::size_t>{1, 2});
+}
+
+TEST_CASE("jobs a dead worker finished fail as result lost and are not run again") {
+    const std::vector<std::uint64_t> ids{4, 5, 6, 7};
+    const auto plan = plan_losses(ids, 0, 5, false); // died idle, replies of 4 and 5 unwritten
+    REQUIRE(plan.failures.size() == 2);
+    CHECK(plan.failures[0].job == 0);
+    CHECK(plan.failures[0].ran);
+    CHECK(plan.failures[1].job == 1);
+    CHECK(plan.failures[1].ran);
+    CHECK(plan.requeue == std::vector<std::size_t>{2, 3});
+}
+
+TEST_CASE("the jobs of a worker that died idle are re-queued in their order") {
+    const std::vector<std::uint64_t> ids{9, 10, 11};
+    const auto plan = plan_losses(ids, 0, 0, false);
+    CHECK(plan.failures.empty());
+    CHECK(plan.requeue == std::vector<std::size_t>{0, 1, 2});
+    const auto stale = plan_losses(ids, 0, 3, false); // finished a job answered already
+    CHECK(stale.failures.empty());
+    CHECK(stale.requeue == std::vector<std::size_t>{0, 1, 2});
+}
+
+TEST_CASE("every job of a worker that broke the protocol fails as lost") {
+    const std::vector<std::uint64_t> ids{1, 2, 3};
+    const auto plan = plan_losses(ids, 2, 1, true);
+    REQUIRE(plan.failures.size() == 3);
+    for (std::size_t i = 0; i < 3; ++i) {
+        CHECK(plan.failures[i].job == i);
+        CHECK_FALSE(plan.failures[i].ran);
+    }
+    CHECK(plan.requeue.empty());
+}
+
+TEST_CASE("the culprit's failure comes before those of the jobs that ran") {
+    const std::vector<std::uint64_t> ids{1, 2, 3, 4};
+    const auto plan = plan_losses(ids, 3, 2, false);
+    REQUIRE(plan.failures.size() == 3);
+    CHECK(plan.failures[0].job == 2);
+    CHECK_FALSE(plan.failures[0].ran);
+    CHECK(plan.failures[1].job == 0);
+    CHECK(plan.failures[1].ran);
+    CHECK(plan.failures[2].job == 1);
+    CHECK(plan.failures[2].ran);
+    CHECK(plan.requeue == std::vector<std::size_t>{3});
+}
+
+TEST_CASE("a worker is stuck past the timeout running one task or idle with work") {
+    std::int64_t idle = 0;
+    CHECK_FALSE(is_stuck(1000, 100, 7, 950, true, idle));
+    CHECK(is_stuck(1000, 100, 7, 800, true, idle));
+    CHECK(idle == 0);
+    CHECK_FALSE(is_stuck(1000, 100, 0, 0, false, idle)); // idle without work: fine
+    CHECK_FALSE(is_stuck(1000, 100, 0, 0, true, idle));  // work but nothing runs: watched
+    CHECK(idle == 1000);
+    CHECK_FALSE(is_stuck(1100, 100, 0, 0, true, idle));
+    CHECK(is_stuck(1101, 100, 0, 0, true, idle));
+    CHECK_FALSE(is_stuck(1200, 100, 8, 1150, true, idle)); // it runs again
+    CHECK(idle == 0);
+}
+
+TEST_CASE("a worker link's lifecycle only moves forward and says how the worker ended") {
+    worker_link w(-1, 0, false);
+    CHECK(w.accepts());
+    CHECK(w.exit_info() == std::pair{0, -1});
+    w.retire();
+    CHECK(w.state() == link_state::retiring);
+    w.shut(); // no socket: nothing to shut
+    CHECK(w.state() == link_state::retiring);
+    w.mark_exited(SIGKILL); // a wait status: killed by SIGKILL
+    CHECK(w.has_exited());
+    CHECK(w.exit_info() == std::pair{SIGKILL, -1});
+    CHECK(w.how_it_ended().find("killed by signal 9") != std::string::npos);
+    w.retire();
+    CHECK(w.state() == link_state::exited);
+    w.finalize();
+    CHECK(w.state() == link_state::finalized);
+
+    worker_link code(-1, 1, true);
+    code.mark_exited(3 << 8);
+    CHECK(code.exit_info() == std::pair{0, 3});
+    CHECK(code.how_it_ended() == "exited with status 3");
+    worker_link unknown(-1, 2, true);
+    unknown.mark_exited(std::nullopt);
+    CHECK(unknown.how_it_ended() == "exited (its exit status was not reported)");
+}
+
+TEST_CASE("the first reason a worker was killed for is the one its jobs report") {
+    worker_link w(-1, 0, false);
+    w.kill(kill_reason::protocol_error, "bad frame");
+    w.kill(kill_reason::timeout);
+    CHECK(w.reason() == kill_reason::protocol_error);
+    CHECK(w.protocol_error() == "bad frame");
+    auto sink = std::make_shared<null_sink>();
+    const auto j = make_test_job(sink);
+    std::string what;
+    try {
+        std::rethrow_exception(w.lost_error(*j, std::chrono::milliseconds(5)));
+    } catch (const coproc::worker_lost& e) {
+        what = e.what();
+    }
+    CHECK(what.find("sent a malformed reply (bad frame)") != std::string::npos);
+}
+
+TEST_SUITE_END();
