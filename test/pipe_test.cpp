@@ -25,6 +25,7 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using coproc::test::socket_fds;
 using coproc::test::watchdog;
 
 namespace {
@@ -82,22 +83,6 @@ void send_later(coproc::connection<int> conn, int v) {
 int send_from_worker(coproc::connection<int> conn, int v) {
     conn.send(v);
     return v;
-}
-
-/// The sockets this process holds.
-std::set<int> socket_fds() {
-    std::set<int> out;
-    if (DIR* d = opendir("/proc/self/fd")) {
-        while (dirent* e = readdir(d)) {
-            char link[64] = {};
-            const std::string path = std::string("/proc/self/fd/") + e->d_name;
-            if (e->d_name[0] != '.' && readlink(path.c_str(), link, sizeof link - 1) > 0 &&
-                std::strncmp(link, "socket:", 7) == 0)
-                out.insert(std::atoi(e->d_name));
-        }
-        closedir(d);
-    }
-    return out;
 }
 
 /// Writes all of `bytes` to `fd`.

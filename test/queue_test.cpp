@@ -27,6 +27,7 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using coproc::test::socket_fds;
 using coproc::test::watchdog;
 
 namespace {
@@ -95,22 +96,6 @@ void put_later(coproc::queue<int> q, int v) {
 int put_from_worker(coproc::queue<int> q, int v) {
     q.put(v);
     return v;
-}
-
-/// The sockets this process holds.
-std::set<int> socket_fds() {
-    std::set<int> out;
-    if (DIR* d = opendir("/proc/self/fd")) {
-        while (dirent* e = readdir(d)) {
-            char link[64] = {};
-            const std::string path = std::string("/proc/self/fd/") + e->d_name;
-            if (e->d_name[0] != '.' && readlink(path.c_str(), link, sizeof link - 1) > 0 &&
-                std::strncmp(link, "socket:", 7) == 0)
-                out.insert(std::atoi(e->d_name));
-        }
-        closedir(d);
-    }
-    return out;
 }
 
 /// A queue and the end of its socket pair that puts go into, to forge messages with: the lower

@@ -10,12 +10,14 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <dirent.h>
 #include <exception>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -80,6 +82,22 @@ void run_coroutine(Body body, std::chrono::seconds limit = std::chrono::seconds(
 }
 
 /// Open file descriptors of this process.
+/// The sockets this process holds.
+inline std::set<int> socket_fds() {
+    std::set<int> out;
+    if (DIR* d = opendir("/proc/self/fd")) {
+        while (dirent* e = readdir(d)) {
+            char link[64] = {};
+            const std::string path = std::string("/proc/self/fd/") + e->d_name;
+            if (e->d_name[0] != '.' && readlink(path.c_str(), link, sizeof link - 1) > 0 &&
+                std::strncmp(link, "socket:", 7) == 0)
+                out.insert(std::atoi(e->d_name));
+        }
+        closedir(d);
+    }
+    return out;
+}
+
 inline int fd_count() {
     int n = 0;
     if (DIR* d = opendir("/proc/self/fd")) {
