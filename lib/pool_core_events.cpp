@@ -52,8 +52,6 @@ void core_impl::spawn(std::size_t slot) {
     }
     if (!s)
         s = spawner_.fork_here(slot);
-    register_private_fd(s->fd);
-    register_private_fd(s->pidfd);
     auto w = std::make_shared<worker_link>(s->pid, slot, s->from_zygote);
     w->attach(ex_, s->fd, s->pidfd);
     effects fx(*this);

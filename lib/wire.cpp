@@ -6,14 +6,10 @@
 
 namespace coproc::detail {
 
-namespace {
-constexpr std::size_t keep_capacity = 4 << 20; // a larger buffer is not kept once empty
-} // namespace
-
 std::span<char> frame_decoder::write_area(std::size_t min) {
     if (begin_ == end_) {
         begin_ = end_ = 0;
-        if (buf_.size() > std::max(initial_, keep_capacity))
+        if (buf_.size() > std::max(initial_, max_kept_buffer))
             std::vector<char>(initial_).swap(buf_);
     } else if (buf_.size() - end_ < min && begin_ > 0) {
         std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);

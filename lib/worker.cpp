@@ -59,9 +59,6 @@ std::vector<segment> mapped_segments() {
 
 namespace {
 
-// Above this, a buffer is given back after use rather than kept for the next message.
-constexpr std::size_t keep_capacity = 4 << 20;
-
 [[noreturn]] void finish(int code) noexcept {
     std::fflush(stdout);
     std::fflush(stderr);
@@ -168,7 +165,7 @@ class reply_writer {
 
     void write_held() {
         write_all(fd_, held_);
-        if (held_.capacity() > keep_capacity)
+        if (held_.capacity() > max_kept_buffer)
             std::vector<char>().swap(held_);
     }
 
@@ -219,7 +216,7 @@ class worker {
                     replies_.write(out_);
             }
             replies_.write(out_);
-            if (out_.capacity() > keep_capacity) // a large result's buffer is not kept
+            if (out_.capacity() > max_kept_buffer) // a large result's buffer is not kept
                 std::vector<char>().swap(out_);
             const auto area = dec.write_area();
             const ssize_t n = ::read(fd_, area.data(), area.size());

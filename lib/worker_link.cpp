@@ -14,9 +14,7 @@
 namespace coproc::detail {
 
 namespace {
-constexpr std::size_t small_frame = 8 * 1024; // copied together into one write buffer
-// Above this, a buffer is given back after use rather than kept for the next message.
-constexpr std::size_t keep_capacity = 4 << 20;
+constexpr std::size_t small_frame = 8 * 1024;
 } // namespace
 
 std::string describe(const job& j) {
@@ -152,7 +150,7 @@ bool worker_link::begin_write() {
 
 std::vector<job_ptr> worker_link::end_write() {
     writing = false;
-    if (staging_.capacity() > keep_capacity)
+    if (staging_.capacity() > max_kept_buffer)
         std::vector<char>().swap(staging_);
     return std::exchange(parked, {});
 }

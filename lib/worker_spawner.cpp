@@ -70,6 +70,8 @@ std::shared_ptr<zygote> worker_spawner::retire_fork_server() noexcept {
 std::optional<worker_spawner::spawned> worker_spawner::ask(zygote& server, std::size_t slot) {
     try {
         const auto s = server.spawn(slot);
+        register_private_fd(s.fd);
+        register_private_fd(s.pidfd);
         return spawned{s.pid, s.fd, s.pidfd, true};
     } catch (const std::system_error&) {
         return std::nullopt;
@@ -89,10 +91,10 @@ worker_spawner::spawned worker_spawner::fork_here(std::size_t slot) {
     if (pid == 0)
         fallback_worker_main(sv[1], slot);
     const int err = errno;
-    unregister_private_fd(sv[0]);
-    unregister_private_fd(sv[1]);
+    unregister_private_fd(sv[1]); // the worker's end; ours stays registered
     ::close(sv[1]);
     if (pid < 0) {
+        unregister_private_fd(sv[0]);
         ::close(sv[0]);
         errno = err;
         throw os_error("fork of a pool worker failed");
@@ -102,9 +104,11 @@ worker_spawner::spawned worker_spawner::fork_here(std::size_t slot) {
         const auto e = os_error("pidfd_open of a pool worker failed (Linux >= 5.3 needed)");
         ::kill(pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
+        unregister_private_fd(sv[0]);
         ::close(sv[0]);
         throw e;
     }
+    register_private_fd(pfd);
     return {pid, sv[0], pfd, false};
 }
 

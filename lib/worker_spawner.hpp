@@ -69,7 +69,7 @@ class worker_spawner {
         int fd;           // the parent's end of the worker's socket (O_CLOEXEC)
         int pidfd;        // the worker's pidfd (O_CLOEXEC)
         bool from_zygote; // forked by the fork server, which reports its exit
-    };
+    };                    // fd and pidfd come registered as private (child_setup.hpp)
     /// Asks `server` (from fork_server(), taken under the pool's mutex) for a worker in
     /// `slot`; nullopt if the fork server failed (then call lose_fork_server()). Call without
     /// the pool's mutex.

@@ -48,6 +48,10 @@ static_assert(sizeof(frame_header) == 24);
 /// clear error instead of being sent.
 inline constexpr std::size_t max_frame_payload = std::size_t{1} << 30;
 
+/// A message buffer grown past this for a large frame is given back once the frame is done
+/// with, rather than kept for the next message.
+inline constexpr std::size_t max_kept_buffer = std::size_t{4} << 20;
+
 /// A decoded frame; `payload` points into the buffer it was decoded from.
 struct frame {
     frame_kind kind;
