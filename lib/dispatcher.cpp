@@ -15,6 +15,15 @@ void dispatcher::requeue(std::deque<job_ptr> jobs) {
         pending_.push_front(std::move(*it));
 }
 
+std::vector<job_ptr> dispatcher::take(const task_sink* sink) {
+    std::vector<job_ptr> out;
+    for (auto& j : pending_)
+        if (j->sink.get() == sink)
+            out.push_back(std::move(j));
+    std::erase(pending_, nullptr);
+    return out;
+}
+
 std::size_t dispatcher::cap() const noexcept {
     if (avg_ns_ <= 0)
         return 4;
@@ -48,6 +57,7 @@ void dispatcher::dispatch(std::span<const link_ptr> links) {
             break;
         if (j->id == 0)
             assign_id(*j);
+        j->seq = ++best->sent;
         best->to_send.push_back(j.get());
         best->inflight.push_back(std::move(j));
         pending_.pop_front();

@@ -13,6 +13,7 @@
 #include <deque>
 #include <span>
 #include <utility>
+#include <vector>
 
 namespace coproc::detail {
 
@@ -26,6 +27,8 @@ class dispatcher {
     void push(job_ptr j) { pending_.push_back(std::move(j)); }
     /// Puts `jobs` back at the front of the queue, in their order (they run first).
     void requeue(std::deque<job_ptr> jobs);
+    /// Takes the queued jobs of `sink` out.
+    std::vector<job_ptr> take(const task_sink* sink);
     /// Takes every queued job out.
     std::deque<job_ptr> take_all() { return std::exchange(pending_, {}); }
     bool empty() const noexcept { return pending_.empty(); }

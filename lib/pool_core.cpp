@@ -106,6 +106,28 @@ void core_impl::submit_more(std::vector<job_ptr> jobs) {
     pump();
 }
 
+void core_impl::cancel(const std::shared_ptr<task_sink>& sink) noexcept {
+    std::vector<job_ptr> dropped; // freed without the mutex
+    std::lock_guard lk(mu_);
+    sink->cancel();
+    dropped = dispatcher_.take(sink.get());
+    for (const auto& w : links_) {
+        if (w->has_exited() || w->reason() != kill_reason::none)
+            continue;
+        worker_slot& s = spawner_.slot(w->slot());
+        for (const auto& j : w->inflight) {
+            if (j->sink != sink)
+                continue;
+            // The mark first, then task_id (both seq_cst, the worker does the opposite): the
+            // worker skips the job, or it is seen running here.
+            s.cancelled[j->seq % worker_slot::cancel_window].store(j->seq,
+                                                                     std::memory_order_seq_cst);
+            if (s.task_id.load(std::memory_order_seq_cst) == j->id)
+                start_cancel_grace(w, j->id, opt_.cancel_grace);
+        }
+    }
+}
+
 void core_impl::hold() noexcept {
     std::lock_guard lk(mu_);
     ++holds_;
@@ -185,11 +207,24 @@ asio::awaitable<void> core_impl::async_join() {
             throw error("pool::async_join() called on a running pool: call close() or "
                         "terminate() first");
     }
-    co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+    co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
         [this](auto handler) {
-            std::unique_lock lk(mu_);
-            join_waiters_.emplace_back();
-            join_waiters_.back().set(std::move(handler));
+            auto finish = [](auto& h, bool aborted) {
+                std::move(h)(aborted ? operation_aborted() : nullptr);
+            };
+            auto on_cancel = [weak = weak_from_this()](waiter_list::id_type id) {
+                auto self = weak.lock();
+                if (!self)
+                    return;
+                waiter_list::waiter w;
+                {
+                    std::lock_guard lk(self->mu_);
+                    w = self->join_waiters_.take(id);
+                }
+                w.post(true);
+            };
+            std::lock_guard lk(mu_);
+            join_waiters_.park(std::move(handler), finish, on_cancel);
             if (joinable_locked())
                 post_join_waiters();
         },
@@ -237,9 +272,8 @@ bool core_impl::on_loop_thread() const noexcept {
 }
 
 void core_impl::post_join_waiters() {
-    for (auto& s : join_waiters_)
-        s.post();
-    join_waiters_.clear();
+    for (auto& w : join_waiters_.take_all())
+        w.post(false);
 }
 
 void core_impl::wake_joiners_locked() {
@@ -265,6 +299,8 @@ void core_impl::effects::fail(job_ptr j, std::exception_ptr e, link_ptr writer) 
 core_impl::effects::~effects() {
     for (auto& r : replies_) {
         job& j = *r.j;
+        if (j.sink->cancelled())
+            continue;
         if (r.f.kind == frame_kind::result)
             j.sink->on_result(j, r.f.payload);
         else
@@ -273,7 +309,8 @@ core_impl::effects::~effects() {
     replies_.clear();
     if (!failed_.empty()) {
         for (auto& f : failed_)
-            f.j->sink->on_error(*f.j, f.e);
+            if (!f.j->sink->cancelled())
+                f.j->sink->on_error(*f.j, f.e);
         std::lock_guard lk(c_.mu_);
         // A job failed while its worker's write was under way (terminate, a failed
         // initializer) keeps its frame alive until that write completes.

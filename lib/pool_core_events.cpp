@@ -19,6 +19,10 @@ constexpr auto exit_grace = std::chrono::milliseconds(200);
 // How long a worker forked by the fork server may be gone before the fork server's report of
 // its exit status is given up on.
 constexpr auto report_wait = std::chrono::milliseconds(1000);
+// A cancelled task's worker is killed only once it has written the replies it held back (its
+// helper writes them within ~0.5 ms): it checks again this often, this many times at most.
+constexpr auto held_replies_wait = std::chrono::milliseconds(1);
+constexpr int held_replies_checks = 50;
 } // namespace
 
 // ---------------------------------------------------------------- workers
@@ -38,8 +42,7 @@ void core_impl::spawn(std::size_t slot) {
         std::lock_guard lk(mu_);
         if (state_ == run_state::terminated)
             return;
-        spawner_.slot(slot).task_id.store(0);
-        spawner_.slot(slot).done_id.store(0);
+        spawner_.slot(slot).reset();
         z = spawner_.fork_server();
     }
     std::optional<worker_spawner::spawned> s;
@@ -316,6 +319,37 @@ void core_impl::finalize(const link_ptr& w, effects& fx) {
         if (undelivered_ == 0)
             wake_joiners_locked();
     }
+}
+
+// ---------------------------------------------------------------- cancellation
+
+// The job of the running task `id` of worker `w` was cancelled: unless it returns within `d`,
+// the worker is killed.
+void core_impl::start_cancel_grace(const link_ptr& w, std::uint64_t id,
+                                   std::chrono::steady_clock::duration d) {
+    w->start_cancel_grace(ex_, d, [self = shared_from_this(), w, id, waits = 0](std::error_code ec) {
+        if (!ec)
+            self->on_cancel_grace(w, id, waits);
+    });
+}
+
+void core_impl::on_cancel_grace(const link_ptr& w, std::uint64_t id, int waits) {
+    std::lock_guard lk(mu_);
+    if (w->has_exited() || w->reason() != kill_reason::none)
+        return;
+    const worker_slot& s = spawner_.slot(w->slot());
+    if (s.task_id.load(std::memory_order_seq_cst) != id)
+        return; // it returned in time
+    if (s.holding.load(std::memory_order_acquire) && waits < held_replies_checks) {
+        // Finished replies of other tasks wait to be written: killing it now would lose them.
+        w->start_cancel_grace(ex_, held_replies_wait,
+                              [self = shared_from_this(), w, id, waits](std::error_code ec) {
+                                  if (!ec)
+                                      self->on_cancel_grace(w, id, waits + 1);
+                              });
+        return;
+    }
+    w->kill(kill_reason::cancelled);
 }
 
 // ---------------------------------------------------------------- timeouts

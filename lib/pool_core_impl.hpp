@@ -41,6 +41,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     void submit(job_ptr j) override;
     void submit(std::vector<job_ptr> jobs) override;
     void submit_more(std::vector<job_ptr> jobs) override;
+    void cancel(const std::shared_ptr<task_sink>& sink) noexcept override;
     void hold() noexcept override;
     void release() noexcept override;
     void post(std::function<void()> fn) override;
@@ -53,6 +54,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     void shutdown() noexcept override;
 
     std::size_t size() const noexcept override { return opt_.processes; }
+    asio::any_io_executor executor() const noexcept override { return ex_; }
     std::vector<pid_t> pids() const override;
     bool on_loop_thread() const noexcept override;
 
@@ -123,6 +125,9 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     void finalize(const link_ptr& w, effects& fx);
     void arm_timer();
     void check_timeouts();
+    void start_cancel_grace(const link_ptr& w, std::uint64_t id,
+                            std::chrono::steady_clock::duration d);
+    void on_cancel_grace(const link_ptr& w, std::uint64_t id, int waits);
 
     asio::any_io_executor ex_;
     pool_options opt_;
@@ -141,7 +146,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     std::size_t holds_ = 0; // calls with jobs still to submit
     // Failures collected under mu_ that effects have not delivered yet: join() waits for them.
     std::size_t undelivered_ = 0;
-    std::list<handler_slot> join_waiters_;
+    waiter_list join_waiters_;
     std::map<pid_t, int> early_exits_; // exits reported before spawn() registered the worker
 };
 

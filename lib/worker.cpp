@@ -1,6 +1,7 @@
 // The worker loop: blocking reads, batched replies, no Asio (see pool_core.cpp for the parent).
 #include "worker.hpp"
 
+#include <coproc/this_task.hpp>
 #include <coproc/detail/function_id.hpp>
 #include <coproc/detail/wire.hpp>
 #include "child_setup.hpp"
@@ -59,6 +60,11 @@ std::vector<segment> mapped_segments() {
 
 namespace {
 
+// The cancel mark of the task this worker is running (null when none) and its frame number:
+// this_task::stop_requested() compares them.
+const std::atomic<std::uint64_t>* stop_word = nullptr;
+std::uint64_t stop_seq = 0;
+
 [[noreturn]] void finish(int code) noexcept {
     std::fflush(stdout);
     std::fflush(stderr);
@@ -90,7 +96,7 @@ class reply_writer {
   public:
     static constexpr long hold_limit_ns = 500'000;
 
-    explicit reply_writer(int fd) : fd_(fd) {}
+    reply_writer(int fd, worker_slot* slot) : fd_(fd), slot_(slot) {}
 
     /// The replies in `out` are complete and another task is about to run: they are written
     /// by write() after it, or by the helper thread if it runs longer than hold_limit_ns.
@@ -105,6 +111,7 @@ class reply_writer {
         else
             held_.insert(held_.end(), out.begin(), out.end());
         out.clear();
+        slot_->holding.store(1, std::memory_order_release);
         if (!armed_) {
             armed_ = true;
             deadline_ = monotonic_ns() + hold_limit_ns;
@@ -165,11 +172,14 @@ class reply_writer {
 
     void write_held() {
         write_all(fd_, held_);
+        slot_->holding.store(0, std::memory_order_release);
         if (held_.capacity() > max_kept_buffer)
             std::vector<char>().swap(held_);
     }
 
     const int fd_;
+    worker_slot* slot_; // holding: replies are held back (a cancelled task's worker is not
+                        // killed before they are written)
     int timer_ = -1;
     std::mutex m_;
     std::vector<char> held_;
@@ -188,7 +198,7 @@ bool inside(const std::vector<segment>& segs, std::uintptr_t p, std::size_t len,
 class worker {
   public:
     worker(int fd, worker_slot* slot, const worker_config& cfg)
-        : fd_(fd), slot_(slot), cfg_(cfg), replies_(fd) {}
+        : fd_(fd), slot_(slot), cfg_(cfg), replies_(fd, slot) {}
 
     [[noreturn]] void run() {
         frame_decoder dec;
@@ -206,7 +216,7 @@ class worker {
                     break;
                 if (!out_.empty())
                     replies_.hold(out_);
-                run_frame(*f);
+                run_frame(*f, ++seq_);
                 if (cfg_.maxtasks && ++done >= cfg_.maxtasks) {
                     replies_.write(out_);
                     finish(0);
@@ -258,13 +268,20 @@ class worker {
         return entry;
     }
 
-    void run_frame(const frame& f) {
+    // Runs frame number `seq` (counted from 1, as the parent numbers the frames it sends).
+    void run_frame(const frame& f, std::uint64_t seq) {
         const std::int64_t t0 = monotonic_ns();
         slot_->start_ns.store(t0, std::memory_order_relaxed);
-        slot_->task_id.store(f.id, std::memory_order_release);
+        // task_id before the cancel check, the parent's cancel mark before it reads task_id
+        // (both seq_cst): a frame cancelled as it starts is skipped, or seen running there.
+        slot_->task_id.store(f.id, std::memory_order_seq_cst);
+        stop_word = &slot_->cancelled[seq % worker_slot::cancel_window];
+        stop_seq = seq;
         const std::size_t at = begin_frame(out_, frame_kind::result, f.id, 0);
         std::uint64_t item = 0;
         try {
+            if (slot_->is_cancelled(seq))
+                throw coproc::error("the task was cancelled before it started");
             if (f.kind != frame_kind::task)
                 throw coproc::error("malformed frame: a worker received a reply frame");
             task_prefix p;
@@ -291,6 +308,7 @@ class worker {
             encode_current_exception(out_);
             end_frame(out_, eat, item);
         }
+        stop_word = nullptr;
         slot_->done_id.store(f.id, std::memory_order_relaxed);
         slot_->task_id.store(0, std::memory_order_release);
     }
@@ -301,9 +319,18 @@ class worker {
     reply_writer replies_;
     std::vector<char> out_;
     std::int64_t avg_ns_ = 0;
+    std::uint64_t seq_ = 0; // frames received
 };
 
 } // namespace
+
+void worker_slot::reset() noexcept {
+    task_id.store(0);
+    done_id.store(0);
+    holding.store(0);
+    for (auto& c : cancelled)
+        c.store(0, std::memory_order_relaxed);
+}
 
 worker_slot* map_slots(int fd, std::size_t n) {
     void* m = ::mmap(nullptr, sizeof(worker_slot) * n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -325,8 +352,6 @@ void worker_main(int fd, worker_slot* slot, const worker_config& cfg) noexcept {
     start_child(cfg.parent, 0, true, none);
     for (int other : cfg.close_fds)
         ::close(other);
-    slot->task_id.store(0, std::memory_order_relaxed);
-    slot->done_id.store(0, std::memory_order_relaxed);
     if (cfg.initializer) {
         try {
             cfg.initializer();
@@ -348,3 +373,8 @@ void worker_main(int fd, worker_slot* slot, const worker_config& cfg) noexcept {
 }
 
 } // namespace coproc::detail
+
+bool coproc::this_task::stop_requested() noexcept {
+    const auto* w = detail::stop_word;
+    return w && w->load(std::memory_order_relaxed) == detail::stop_seq;
+}

@@ -11,14 +11,29 @@
 
 namespace coproc::detail {
 
-/// Shared memory one worker writes and the parent reads: which task it is running and since
-/// when, and the last one it finished. They name the tasks to fail when the worker dies, and
-/// drive task timeouts.
+/// Shared memory of one worker and the parent. The worker writes which task it is running and
+/// since when, and the last one it finished: they name the tasks to fail when the worker dies,
+/// and drive task timeouts. The parent writes which of the frames it sent are cancelled.
 struct alignas(64) worker_slot {
+    /// More than the most frames a worker ever holds (dispatcher::cap()), so the frames it
+    /// holds have distinct entries in `cancelled`.
+    static constexpr std::size_t cancel_window = 2048;
+
     std::atomic<std::uint64_t> task_id{0}; // 0 when idle
     std::atomic<std::int64_t> start_ns{0}; // CLOCK_MONOTONIC
     std::atomic<std::uint64_t> done_id{0}; // the last task run to the end (its reply may still
                                            // be batched, unwritten); 0: none
+    std::atomic<std::uint32_t> holding{0}; // 1 while it holds finished replies back (batching)
+    /// cancelled[s % cancel_window] == s: the worker's frame number s (its job's seq) is
+    /// cancelled: skipped if not started, else this_task::stop_requested() is true.
+    alignas(64) std::atomic<std::uint64_t> cancelled[cancel_window];
+
+    /// A fresh slot for a new worker (its frames are numbered from 1 again).
+    void reset() noexcept;
+    /// Whether frame `seq` is cancelled.
+    bool is_cancelled(std::uint64_t seq) const noexcept {
+        return cancelled[seq % cancel_window].load(std::memory_order_seq_cst) == seq;
+    }
 };
 
 /// A mapped range of the process image: a PT_LOAD segment, or a PT_GNU_RELRO range (written

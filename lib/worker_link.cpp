@@ -68,11 +68,13 @@ void worker_link::release_io() noexcept {
         unregister_private_fd(pidfd_->native_handle());
         pidfd_->close(ignored);
     }
-    if (grace_)
-        grace_->cancel();
+    for (auto* t : {grace_.get(), cancel_grace_.get()})
+        if (t)
+            t->cancel();
     sock_.reset();
     pidfd_.reset();
     grace_.reset();
+    cancel_grace_.reset();
 }
 
 std::pair<int, int> worker_link::exit_info() const noexcept {

@@ -41,7 +41,7 @@ enum class link_state {
 };
 
 /// Why the pool killed a worker, if it did.
-enum class kill_reason { none, timeout, protocol_error };
+enum class kill_reason { none, timeout, protocol_error, cancelled };
 
 class worker_link {
   public:
@@ -130,11 +130,21 @@ class worker_link {
         grace_->async_wait(std::forward<Handler>(handler));
     }
 
+    /// Calls `handler(error_code)` after `d`: the grace of a cancelled task it runs (one at a
+    /// time: a new one replaces it).
+    template <class Handler>
+    void start_cancel_grace(const asio::any_io_executor& ex, std::chrono::steady_clock::duration d,
+                            Handler&& handler) {
+        cancel_grace_ = std::make_unique<asio::steady_timer>(ex, d);
+        cancel_grace_->async_wait(std::forward<Handler>(handler));
+    }
+
     std::deque<job_ptr> inflight; // handed to this worker, oldest first
     std::vector<job*> to_send;    // not yet part of a write
     std::vector<job_ptr> parked;  // failed jobs whose frames the write in progress still reads
     frame_decoder dec;
     std::uint64_t assigned = 0;  // jobs handed to it, for maxtasksperchild
+    std::uint64_t sent = 0;      // the last frame number (job::seq) given to it
     std::int64_t idle_since = 0; // for timeouts: when an idle worker with work was first seen
     bool eof = false;            // no more replies will be read
     bool writing = false;        // a write is under way
@@ -153,6 +163,7 @@ class worker_link {
     std::unique_ptr<socket_t> sock_;
     std::unique_ptr<asio::posix::stream_descriptor> pidfd_;
     std::unique_ptr<asio::steady_timer> grace_;
+    std::unique_ptr<asio::steady_timer> cancel_grace_;
     std::vector<char> staging_;            // the small frames of the write in progress
     std::vector<asio::const_buffer> bufs_; // the write in progress
 };

@@ -4,17 +4,25 @@
 //   pool = ProcessPoolExecutor(4)
 //   async def fib_route(n): return await loop.run_in_executor(pool, fib, n)
 //
+// Deadlines and disconnects cancel the work: `?deadline_ms=` races the task against a timer
+// (`pool.apply(...) || timer.async_wait(...)`) and answers 504 when the timer wins; a client
+// that disconnects cancels its task. A cancelled task that checks
+// coproc::this_task::stop_requested() (count_primes) returns early and keeps its worker; one
+// that does not (spin) has its worker killed and replaced after the pool's cancel_grace.
+//
 //   09_http_offload                        short demo: benchmarks a server with and without the
 //                                          pool, each from a client process, then exits
 //   09_http_offload --serve 8080 [--no-pool] [--processes N]
 //                                          serves http://127.0.0.1:8080 until Ctrl-C; try
-//                                          /fib?n=32, /primes?limit=100000, /health
+//                                          /fib?n=32, /primes?limit=100000, /health,
+//                                          /spin?ms=5000&deadline_ms=200
 //   09_http_offload --bench [--requests 200] [--concurrency 16] [--n 32] [--port 8080]
 //                                          benchmarks the server on --port, or without --port
 //                                          starts one with the pool, then one without
 #include <coproc/coproc.hpp>
 
 #include <asio.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
 
 #include <algorithm>
 #include <charconv>
@@ -41,9 +49,9 @@ using steady = std::chrono::steady_clock;
 
 std::uint64_t fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
 
-int count_primes(int limit) { // primes below limit, by trial division
+int count_primes(int limit) { // primes below limit, by trial division; stops when cancelled
     int count = 0;
-    for (int k = 2; k < limit; ++k) {
+    for (int k = 2; k < limit && !coproc::this_task::stop_requested(); ++k) {
         bool prime = true;
         for (int d = 2; d * d <= k && prime; ++d)
             prime = k % d != 0;
@@ -52,7 +60,17 @@ int count_primes(int limit) { // primes below limit, by trial division
     return count;
 }
 
+int spin(int ms) { // burns CPU for `ms`, deaf to cancellation
+    const auto end = steady::now() + std::chrono::milliseconds(ms);
+    std::uint64_t x = 0;
+    while (steady::now() < end)
+        x = x * 31 + 7;
+    return static_cast<int>(x & 1);
+}
+
 // The server.
+
+constexpr auto cancel_grace = 100ms; // a cancelled task that runs on is killed after this
 
 struct reply {
     int status = 200;
@@ -76,11 +94,36 @@ std::optional<int> int_param(std::string_view query, std::string_view name, int 
     return std::nullopt;
 }
 
+// Thrown when a request's ?deadline_ms= passes before its task returns.
+struct deadline_passed {
+    int ms;
+};
+
+// Runs fn(arg) in the pool, or here without one (--no-pool: it blocks the event loop). With a
+// deadline, the task races a timer: if the timer wins, the task is cancelled.
+template <class F>
+asio::awaitable<int> compute(coproc::pool* pool, F fn, int arg, std::optional<int> deadline_ms) {
+    if (!pool)
+        co_return static_cast<int>(fn(arg));
+    if (!deadline_ms)
+        co_return static_cast<int>(co_await pool->apply(fn, arg));
+    using namespace asio::experimental::awaitable_operators;
+    asio::steady_timer timer(co_await asio::this_coro::executor,
+                             std::chrono::milliseconds(*deadline_ms));
+    auto won = co_await (pool->apply(fn, arg) || timer.async_wait(asio::use_awaitable));
+    if (won.index() == 1)
+        throw deadline_passed{*deadline_ms};
+    co_return static_cast<int>(std::get<0>(won));
+}
+
 // Answers one GET. With a pool the work runs in a worker process while this coroutine waits;
 // without one (--no-pool) it runs right here, on the event-loop thread, and blocks it.
 asio::awaitable<reply> route(std::string_view target, coproc::pool* pool) {
     std::string_view path = target.substr(0, target.find('?'));
     std::string_view query = target.substr(std::min(target.size(), path.size() + 1));
+    std::optional<int> deadline = int_param(query, "deadline_ms", 1, 3'600'000);
+    if (query.find("deadline_ms=") != std::string_view::npos && !deadline)
+        co_return reply{400, "deadline_ms must be an integer from 1 to 3600000\n"};
     if (path == "/health") {
         if (pool)
             co_return reply{200, "ok, pool of " + std::to_string(pool->size()) + " workers\n"};
@@ -90,11 +133,7 @@ asio::awaitable<reply> route(std::string_view target, coproc::pool* pool) {
         std::optional<int> n = int_param(query, "n", 0, 35);
         if (!n)
             co_return reply{400, "n must be an integer from 0 to 35, as in /fib?n=32\n"};
-        std::uint64_t f = 0;
-        if (pool)
-            f = co_await pool->apply(fib, *n);
-        else
-            f = fib(*n);
+        int f = co_await compute(pool, fib, *n, deadline); // fib(35) fits an int
         co_return reply{200, std::to_string(f) + "\n"};
     }
     if (path == "/primes") {
@@ -102,14 +141,30 @@ asio::awaitable<reply> route(std::string_view target, coproc::pool* pool) {
         if (!limit)
             co_return reply{
                 400, "limit must be an integer from 0 to 1000000, as in /primes?limit=1000\n"};
-        int count = 0;
-        if (pool)
-            count = co_await pool->apply(count_primes, *limit);
-        else
-            count = count_primes(*limit);
+        int count = co_await compute(pool, count_primes, *limit, deadline);
         co_return reply{200, std::to_string(count) + "\n"};
     }
-    co_return reply{404, "no such path; try /fib?n=32, /primes?limit=100000 or /health\n"};
+    if (path == "/spin") {
+        std::optional<int> ms = int_param(query, "ms", 0, 10'000);
+        if (!ms)
+            co_return reply{400, "ms must be an integer from 0 to 10000, as in /spin?ms=500\n"};
+        co_await compute(pool, spin, *ms, deadline);
+        co_return reply{200, "spun " + std::to_string(*ms) + " ms\n"};
+    }
+    co_return reply{404, "no such path; try /fib?n=32, /primes?limit=100000, /spin?ms=500 or "
+                         "/health\n"};
+}
+
+// route(), with its errors as replies: `||` below waits for a success, so nothing may throw.
+asio::awaitable<reply> answer(std::string_view target, coproc::pool* pool) {
+    try {
+        co_return co_await route(target, pool);
+    } catch (const deadline_passed& d) {
+        co_return reply{504, "the deadline of " + std::to_string(d.ms) +
+                                 " ms passed; the task was cancelled\n"};
+    } catch (const std::exception& e) { // a worker died, the pool is closing...
+        co_return reply{500, std::string(e.what()) + "\n"};
+    }
 }
 
 const char* reason(int status) {
@@ -122,9 +177,25 @@ const char* reason(int status) {
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 504:
+        return "Gateway Timeout";
     default:
         return "Internal Server Error";
     }
+}
+
+// Completes when the client closes the connection (or resets it). Bytes of a next request
+// already sent (pipelining) cannot tell a disconnect: then it waits until cancelled.
+asio::awaitable<void> disconnected(tcp::socket& socket) {
+    char byte;
+    std::error_code ec;
+    std::size_t n = co_await socket.async_receive(asio::buffer(&byte, 1),
+                                                  tcp::socket::message_peek,
+                                                  asio::redirect_error(asio::use_awaitable, ec));
+    if (ec || n == 0)
+        co_return;
+    asio::steady_timer forever(socket.get_executor(), steady::time_point::max());
+    co_await forever.async_wait(asio::use_awaitable);
 }
 
 // One connection: HTTP/1.1 requests, kept alive until the client closes it.
@@ -155,11 +226,17 @@ asio::awaitable<void> session(tcp::socket socket, coproc::pool* pool) {
             r = {405, "only GET is supported\n"};
             keep_alive = false; // we did not read its body
         } else {
-            try {
-                r = co_await route(line.substr(sp1 + 1, sp2 - sp1 - 1), pool);
-            } catch (const std::exception& e) { // a worker died, the pool is closing...
-                r = {500, std::string(e.what()) + "\n"};
+            using namespace asio::experimental::awaitable_operators;
+            std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+            // A client that leaves cancels its request, and with it the task.
+            auto done = co_await (answer(target, pool) || disconnected(socket));
+            if (done.index() == 1) {
+                std::printf("server: the client of %.*s left; its task was cancelled\n",
+                            static_cast<int>(target.size()), target.data());
+                std::fflush(stdout);
+                co_return;
             }
+            r = std::get<0>(std::move(done));
         }
 
         std::string out =
@@ -296,6 +373,42 @@ asio::awaitable<void> probe(unsigned short port, bench_state& s) {
     }
 }
 
+double ms_since(steady::time_point t0) {
+    return std::chrono::duration<double, std::milli>(steady::now() - t0).count();
+}
+
+// A 5 s task with a 200 ms deadline: 504 after about 200 ms; the worker is then free again.
+asio::awaitable<void> deadline_demo(http_client& c, bench_state& s) {
+    steady::time_point t0 = steady::now();
+    reply r = co_await c.get("/spin?ms=5000&deadline_ms=200");
+    double took = ms_since(t0);
+    std::printf("  GET /spin?ms=5000&deadline_ms=200 -> %d after %.0f ms\n", r.status, took);
+    s.wrong += r.status != 504 || took > 2000;
+    t0 = steady::now();
+    reply h = co_await c.get("/health");
+    reply f = co_await c.get("/fib?n=20");
+    std::printf("  then /health and /fib?n=20 -> %d, %d in %.1f ms\n", h.status, f.status,
+                ms_since(t0));
+    s.wrong += h.status != 200 || f.body != "6765\n";
+}
+
+// A client sends a 5 s request and leaves after 100 ms: the server cancels its task.
+asio::awaitable<void> disconnect_demo(unsigned short port, bench_state& s) {
+    {
+        http_client gone = co_await connect(port);
+        std::string request = "GET /spin?ms=5000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        co_await asio::async_write(gone.socket, asio::buffer(request), asio::use_awaitable);
+        asio::steady_timer wait(co_await asio::this_coro::executor, 100ms);
+        co_await wait.async_wait(asio::use_awaitable);
+    } // closed
+    steady::time_point t0 = steady::now();
+    http_client c = co_await connect(port);
+    reply f = co_await c.get("/fib?n=20");
+    std::printf("  a client left during /spin?ms=5000; then /fib?n=20 -> %d in %.1f ms\n",
+                f.status, ms_since(t0));
+    s.wrong += f.body != "6765\n";
+}
+
 asio::awaitable<void> bench_run(unsigned short port, bench_options o, bench_state& s) {
     http_client c = co_await connect(port);
     reply hello = co_await c.get("/health");
@@ -308,6 +421,10 @@ asio::awaitable<void> bench_run(unsigned short port, bench_options o, bench_stat
     reply primes = co_await c.get("/primes?limit=100000");
     std::printf("  GET /primes?limit=100000 -> %d %s", primes.status, primes.body.c_str());
     s.wrong += primes.body != "9592\n";
+    if (hello.body.starts_with("ok, pool")) {
+        co_await deadline_demo(c, s);
+        co_await disconnect_demo(port, s);
+    }
 
     auto ex = co_await asio::this_coro::executor;
     s.to_send = o.requests;
@@ -356,7 +473,8 @@ int compare(bench_options o) {
         asio::io_context io;
         std::optional<coproc::pool> pool; // made before any socket, so its workers inherit none
         if (use_pool)
-            pool.emplace(io.get_executor(), coproc::pool_options{.processes = o.processes});
+            pool.emplace(io.get_executor(), coproc::pool_options{.processes = o.processes,
+                                                                 .cancel_grace = cancel_grace});
         tcp::acceptor acceptor(io, {asio::ip::address_v4::loopback(), 0}); // any free port
         coproc::process client(bench, acceptor.local_endpoint().port(), o);
         client.start();
@@ -411,7 +529,8 @@ int main(int argc, char** argv) try {
         asio::io_context io;
         std::optional<coproc::pool> pool; // made before any socket, so its workers inherit none
         if (use_pool)
-            pool.emplace(io.get_executor(), coproc::pool_options{.processes = o.processes});
+            pool.emplace(io.get_executor(), coproc::pool_options{.processes = o.processes,
+                                                                 .cancel_grace = cancel_grace});
         tcp::acceptor acceptor(
             io, {asio::ip::address_v4::loopback(), static_cast<unsigned short>(*serve_port)});
         std::printf("serving http://127.0.0.1:%d (%s); Ctrl-C stops\n",

@@ -32,6 +32,10 @@ expect_of() {
         '^  GET /fib\?n=abc +-> 400 ' \
         '^  GET /nope +-> 404 no such path' \
         '^  GET /primes\?limit=100000 -> 200 9592$' \
+        '^  GET /spin\?ms=5000&deadline_ms=200 -> 504 after [0-9]+ ms$' \
+        '^  then /health and /fib\?n=20 -> 200, 200 in [0-9.]+ ms$' \
+        '^server: the client of /spin\?ms=5000 left; its task was cancelled$' \
+        '^  a client left during /spin\?ms=5000; then /fib\?n=20 -> 200 in [0-9.]+ ms$' \
         '^  80 x /fib\?n=32 over 8 connections: [0-9.]+ s, [0-9]+ requests/s$' \
         '^  /health under that load: p50 [0-9.]+ ms, p99 [0-9.]+ ms \([0-9]+ probes\)$' ;;
     10_imap_progress) printf '%s\n' '^ 50% 25/50 ' '^100% 50/50 ' '^sum of squares below 50: 40425$' ;;

@@ -1,7 +1,7 @@
 // coproc/async_result.hpp — async_result<R>, the handle *_async pool methods return
 // (Python's AsyncResult), usable from plain blocking code and from coroutines.
 //
-//   ready() successful() wait() wait_for(d) get() get_for(d) async_get()
+//   ready() successful() wait() wait_for(d) get() get_for(d) async_get() cancel()
 //
 // Callbacks given to apply_async/map_async/starmap_async run once, in the parent, on the
 // pool's event loop thread, before ready() turns true (the error_callback of a task failed by
@@ -12,6 +12,7 @@
 #include <coproc/detail/completion.hpp>
 #include <coproc/error.hpp>
 
+#include <asio/async_result.hpp>
 #include <asio/awaitable.hpp>
 #include <asio/use_awaitable.hpp>
 
@@ -57,15 +58,24 @@ template <class R> class async_result {
             throw timeout_error("async_result::get_for(): the result was not ready in time");
         return get();
     }
-    /// Suspends the awaiting coroutine until ready; resumes on its executor.
+    /// Suspends the awaiting coroutine until ready, then returns the result (a copy) or
+    /// rethrows the task's exception; resumes on its executor. Cancelling the awaiting
+    /// coroutine ends this wait with operation_aborted; the call goes on (see cancel()).
     asio::awaitable<R> async_get() {
         auto c = c_;
-        co_await c->async_wait();
-        if constexpr (std::is_void_v<R>)
-            c->get();
-        else
-            co_return c->get();
+        co_return co_await asio::async_initiate<decltype(asio::use_awaitable),
+                                                detail::outcome_signature<R>>(
+            [](auto handler, std::shared_ptr<detail::completion<R>> c) {
+                detail::completion<R>::park(c, std::move(handler), false);
+            },
+            asio::use_awaitable, std::move(c));
     }
+
+    /// Cancels the call, as a cancelled pool operation does (see pool.hpp): its tasks that
+    /// have not started never run, a running one sees this_task::stop_requested(), and unless
+    /// the result is ready already it becomes std::system_error(asio::error::operation_aborted)
+    /// (get() throws it, error_callback receives it on the pool's loop thread). Thread-safe.
+    void cancel() { detail::completion<R>::cancel(c_); }
 
   private:
     std::shared_ptr<detail::completion<R>> c_;

@@ -11,4 +11,5 @@
 #include <coproc/process.hpp>
 #include <coproc/queue.hpp>
 #include <coproc/serialize.hpp>
+#include <coproc/this_task.hpp>
 #include <coproc/version.hpp>

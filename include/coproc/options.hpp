@@ -18,6 +18,10 @@ struct pool_options {
     /// 0: no limit; else a task running longer is failed with coproc::timeout_error and its
     /// worker is killed and replaced.
     std::chrono::milliseconds task_timeout{0};
+    /// How long a cancelled task that is already running may take to return (it sees
+    /// coproc::this_task::stop_requested() turn true) before its worker is killed and replaced.
+    /// 0: killed at once. The cancelled operation itself completes at once either way.
+    std::chrono::milliseconds cancel_grace{1000};
     /// false: a worker inherits the parent's descriptors, as a forked child does (coproc's own
     /// private ones, such as other pools' worker sockets, are always closed). true: a worker
     /// keeps only stdin, stdout, stderr, its own socket and the descriptors of the queues, pipes

@@ -6,16 +6,33 @@
 //   co_await pool.apply(f, a, b)            co_await pool.map(f, items [, chunksize])
 //   co_await pool.starmap(f, tuples)        pool.imap(f, items) / imap_unordered -> generator
 //   pool.apply_async(f, {a, b}, cb, ecb)    pool.map_async / starmap_async -> async_result
-//   close() terminate() join() async_join() size() pids()
+//   pool.async_apply(f, std::tuple{a, b}, token)   async_map / async_starmap(f, items, cs, token)
+//   close() terminate() join() async_join([token]) size() pids()
 //
 // Task functions are plain functions or captureless lambdas; arguments and results are
-// cereal-serializable (see serialize.hpp). A call is submitted when the method is called;
-// co_await (or get()) waits for its outcome. Awaitables resume on the awaiting coroutine's
-// executor. Errors: see error.hpp.
+// cereal-serializable (see serialize.hpp). apply/map/starmap submit the call when the method
+// is called; co_await (or get()) waits for its outcome. Awaitables resume on the awaiting
+// coroutine's executor. Errors: see error.hpp.
 //
-// Cancellation: destroying an imap generator cancels its chunks that have not started.
-// An awaited apply/map keeps running if the awaiting coroutine is destroyed; its result is
-// dropped.
+// Completion tokens: async_apply, async_map, async_starmap and async_join are Asio
+// asynchronous operations. They take any completion token (asio::use_awaitable, use_future,
+// deferred, as_tuple(...), a callback, bind_executor / bind_cancellation_slot...) and complete
+// with void(std::exception_ptr, R) (void(std::exception_ptr) for no value) on the token's
+// executor. Their call is submitted when the operation is initiated (for use_awaitable: when
+// it is co_awaited).
+//
+// Cancellation: every pool operation honours its cancellation slot (any cancellation type),
+// and so do the awaitables of apply/map/starmap (cancel the awaiting coroutine, e.g. the
+// loser of `co_await (pool.apply(f, x) || timer.async_wait(asio::use_awaitable))`). The
+// operation completes at once with std::system_error(asio::error::operation_aborted); the
+// call's tasks that have not started are dropped and never run; a running task sees
+// coproc::this_task::stop_requested() turn true, and if it has not returned within
+// pool_options::cancel_grace its worker is killed and replaced. A task runs at most once.
+// map/starmap cancel every chunk of the call. Destroying an imap generator cancels its running
+// and queued chunks; async_result::cancel() does the same for blocking code. A result that
+// arrives as the cancellation happens wins or loses as a whole: the operation completes once,
+// with the value or with operation_aborted. An awaited apply/map whose awaitable is destroyed
+// without being cancelled keeps running; its result is dropped.
 #pragma once
 
 #include <coproc/async_generator.hpp>
@@ -25,7 +42,10 @@
 #include <coproc/options.hpp>
 
 #include <asio/any_io_executor.hpp>
+#include <asio/async_result.hpp>
 #include <asio/awaitable.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -123,6 +143,41 @@ class pool {
         return make_imap<false>(fn, std::move(items), chunksize, false);
     }
 
+    /// apply() as an Asio operation with any completion token: runs `fn` on the argument
+    /// tuple `args` and completes with void(std::exception_ptr, R) (void(std::exception_ptr)
+    /// for a void task) on the token's executor. See the top of the file for cancellation.
+    /// Examples: `int s = co_await pool.async_apply(add, std::tuple{1, 2});`
+    ///   `pool.async_apply(add, std::tuple{1, 2}, [](std::exception_ptr e, int s) {...});`
+    ///   `auto [e, s] = co_await pool.async_apply(add, args, as_tuple(use_awaitable));`
+    template <class F, class Token = asio::use_awaitable_t<>>
+    auto async_apply(F fn, detail::task_args_t<F> args, Token&& token = {}) {
+        using T = detail::task_result_t<F>;
+        return asio::async_initiate<Token, detail::outcome_signature<T>>(
+            [this, fn](auto handler, detail::task_args_t<F> args) {
+                detail::completion<T>::park(start_call<T>([&] {
+                    return submit_apply<T>(fn, std::move(args), {}, {});
+                }),
+                                            std::move(handler), true);
+            },
+            token, std::move(args));
+    }
+
+    /// map() as an Asio operation with any completion token; completes with
+    /// void(std::exception_ptr, std::vector<R>). An lvalue range is read in place and must
+    /// live until the operation completes (an rvalue is moved into the operation).
+    template <class F, std::ranges::input_range Range, class Token = asio::use_awaitable_t<>>
+    auto async_map(F fn, Range&& items, std::size_t chunksize, Token&& token = {}) {
+        return async_chunked<false>(fn, std::forward<Range>(items), chunksize,
+                                    std::forward<Token>(token));
+    }
+
+    /// starmap() as an Asio operation with any completion token.
+    template <class F, std::ranges::input_range Range, class Token = asio::use_awaitable_t<>>
+    auto async_starmap(F fn, Range&& items, std::size_t chunksize, Token&& token = {}) {
+        return async_chunked<true>(fn, std::forward<Range>(items), chunksize,
+                                   std::forward<Token>(token));
+    }
+
     /// Runs `fn` on the argument tuple `args` (e.g. `pool.apply_async(add, {1, 2})`).
     /// `callback` (or `error_callback`) runs once on the pool's loop thread before ready().
     template <class F>
@@ -169,14 +224,44 @@ class pool {
     /// Waits until every worker has exited (after close() or terminate()). Throws
     /// coproc::error if the pool is still running, or if called on the pool's loop thread.
     void join();
-    /// join() for coroutines; resumes on the awaiting coroutine's executor.
-    [[nodiscard]] asio::awaitable<void> async_join();
+    /// join() as an Asio operation with any completion token (void(std::exception_ptr)): fails
+    /// with coproc::error if the pool is still running. Cancelling it ends the wait only.
+    template <class Token = asio::use_awaitable_t<>> auto async_join(Token&& token = {}) {
+        return asio::co_spawn(executor(), join_awaitable(), std::forward<Token>(token));
+    }
     /// The number of worker processes.
     std::size_t size() const noexcept;
     /// The pids of the live workers.
     std::vector<pid_t> pids() const;
 
   private:
+    // The completion `submit()` returns, or one holding what it threw (pool_closed...).
+    template <class T, class Submit> std::shared_ptr<detail::completion<T>> start_call(Submit submit) {
+        try {
+            return submit();
+        } catch (...) {
+            auto c = std::make_shared<detail::completion<T>>(core_);
+            c->set_error(std::current_exception());
+            return c;
+        }
+    }
+
+    template <bool Star, class F, class Range, class Token>
+    auto async_chunked(F fn, Range&& items, std::size_t chunksize, Token&& token) {
+        using T = std::vector<detail::value_t<detail::task_result_t<F>>>;
+        return asio::async_initiate<Token, detail::outcome_signature<T>>(
+            [this, fn, chunksize](auto handler, auto view) {
+                detail::completion<T>::park(start_call<T>([&] {
+                    return submit_map<Star, false>(fn, std::move(view), chunksize, {}, {});
+                }),
+                                            std::move(handler), true);
+            },
+            token, std::views::all(std::forward<Range>(items)));
+    }
+
+    asio::any_io_executor executor() const;
+    asio::awaitable<void> join_awaitable();
+
     template <class T, class F>
     std::shared_ptr<detail::completion<T>>
     submit_apply(F fn, detail::task_args_t<F> args,
@@ -184,6 +269,7 @@ class pool {
                  typename detail::completion<T>::error_callback_t error_callback) {
         auto call = std::make_shared<detail::value_call<T>>(core_, std::move(callback),
                                                             std::move(error_callback));
+        call->attach(std::weak_ptr<detail::task_sink>(call));
         core_->submit(detail::make_job(
             detail::to_function_pointer(fn),
             [&](detail::writer& w) {
@@ -228,6 +314,7 @@ class pool {
             chunksize ? std::min(chunksize, n) : detail::default_chunksize(n, size());
         auto call = std::make_shared<detail::map_call<T, Fp, Star, View>>(
             core_, c, detail::to_function_pointer(fn), std::move(*view), n, cs, size());
+        call->attach();
         call->start();
         return c;
     }

@@ -124,8 +124,16 @@ class chunked_call : public task_sink {
         refill();
     }
 
-    /// Stops submitting (the consumer is gone, or the call failed); unsent chunks are dropped.
-    void stop() {
+    /// Cancels the call (the consumer is gone, or cancelled it): nothing more is submitted,
+    /// and its jobs are cancelled in the pool (see pool_core::cancel()).
+    void stop() noexcept {
+        stop_submitting();
+        core_->cancel(shared_from_this());
+    }
+    void cancel_in(pool_core&) noexcept override { stop(); }
+
+    /// Stops submitting (the call failed): unsent chunks are dropped, sent ones run on.
+    void stop_submitting() noexcept {
         cancel();
         bool was_holding;
         {

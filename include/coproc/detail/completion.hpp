@@ -6,8 +6,7 @@
 #include <coproc/detail/pool_core.hpp>
 #include <coproc/error.hpp>
 
-#include <asio/awaitable.hpp>
-#include <asio/use_awaitable.hpp>
+#include <asio/async_result.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -38,6 +37,16 @@ class callback_scope {
     const pool_core* core_;
     const callback_scope* outer_;
 };
+
+/// The completion signature of an operation yielding `R`: void(std::exception_ptr, R), or
+/// void(std::exception_ptr) when R is void.
+template <class R> struct outcome_signature_of {
+    using type = void(std::exception_ptr, R);
+};
+template <> struct outcome_signature_of<void> {
+    using type = void(std::exception_ptr);
+};
+template <class R> using outcome_signature = typename outcome_signature_of<R>::type;
 
 /// Where a call's outcome lands: a value or an exception, set once.
 template <class R> class completion {
@@ -74,6 +83,60 @@ template <class R> class completion {
         if (error_callback_)
             run_callback([&] { error_callback_(error_); });
         publish();
+    }
+
+    /// The call cancel() stops: its task_sink (apply's value_call is its own; a map's chunked
+    /// call). Set once, before the completion is shared.
+    void attach(std::weak_ptr<task_sink> call) noexcept { call_ = std::move(call); }
+
+    /// Cancels the call (see pool_core::cancel()) and, unless it is already set, sets the
+    /// outcome to operation_aborted. A callback then runs on the pool's loop thread, as always.
+    static void cancel(const std::shared_ptr<completion>& c) {
+        if (c->ready())
+            return;
+        if (auto call = c->call_.lock())
+            call->cancel_in(*c->core_);
+        if (c->has_callbacks() && !c->core_->on_loop_thread())
+            c->core_->post([c] { c->set_error(operation_aborted()); });
+        else
+            c->set_error(operation_aborted());
+    }
+
+    /// Completes `handler` (signature outcome_signature<R>) with the outcome on its associated
+    /// executor. `owner`: the handler is the call's one consumer (the value is moved to it), and
+    /// its cancellation cancels the call; otherwise the value is copied and a cancellation only
+    /// ends this wait, with operation_aborted.
+    template <class Handler>
+    static void park(const std::shared_ptr<completion>& c, Handler handler, bool owner) {
+        auto finish = [c, owner](Handler& h, bool aborted) {
+            if (aborted)
+                return deliver(h, operation_aborted(), nullptr);
+            if (c->error_)
+                return deliver(h, c->error_, nullptr);
+            deliver(h, nullptr, owner ? &c->value_ : nullptr, &c->value_);
+        };
+        std::weak_ptr<completion> weak = c;
+        auto on_cancel = [weak, owner](waiter_list::id_type id) {
+            auto c = weak.lock();
+            if (!c)
+                return;
+            if (owner)
+                return cancel(c);
+            waiter_list::waiter w;
+            {
+                std::lock_guard lk(c->m_);
+                w = c->waiters_.take(id);
+            }
+            w.post(true);
+        };
+        std::unique_lock lk(c->m_);
+        c->waiters_.park(std::move(handler), std::move(finish), std::move(on_cancel));
+        if (c->ready()) {
+            auto all = c->waiters_.take_all();
+            lk.unlock();
+            for (auto& w : all)
+                w.post(false);
+        }
     }
 
     bool ready() const noexcept { return ready_.load(std::memory_order_acquire); }
@@ -116,12 +179,22 @@ template <class R> class completion {
         return std::move(*value_);
     }
 
-    asio::awaitable<void> async_wait() {
-        co_await async_wait_until(
-            m_, waiters_, [this] { return ready(); }, asio::use_awaitable);
+  private:
+    // Invokes `h` with `e` and the value: moved from `*take` if given, else copied from `*copy`.
+    template <class Handler>
+    static void deliver(Handler& h, std::exception_ptr e, std::optional<stored>* take,
+                        std::optional<stored>* copy = nullptr) {
+        if constexpr (std::is_void_v<R>) {
+            std::move(h)(std::move(e));
+        } else if (take) {
+            std::move(h)(std::move(e), std::move(**take));
+        } else if (copy) {
+            std::move(h)(std::move(e), stored(**copy));
+        } else {
+            std::move(h)(std::move(e), stored{});
+        }
     }
 
-  private:
     template <class F> void run_callback(F&& f) noexcept {
         callback_scope in(core_.get());
         try {
@@ -136,9 +209,11 @@ template <class R> class completion {
     void publish() {
         std::unique_lock lk(m_);
         ready_.store(true, std::memory_order_release);
-        waiters_.post();
+        auto all = waiters_.take_all();
         lk.unlock();
         cv_.notify_all();
+        for (auto& w : all)
+            w.post(false);
     }
 
     std::shared_ptr<pool_core> core_;
@@ -150,7 +225,8 @@ template <class R> class completion {
     bool done_ = false;
     std::optional<stored> value_;
     std::exception_ptr error_;
-    handler_slots waiters_; // every coroutine awaiting async_get()
+    std::weak_ptr<task_sink> call_;
+    waiter_list waiters_; // the handlers of the operations awaiting the outcome
 };
 
 } // namespace coproc::detail

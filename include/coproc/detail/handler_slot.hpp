@@ -5,14 +5,21 @@
 // return while it waits), and completing it posts it to that executor.
 #pragma once
 
+#include <asio/associated_cancellation_slot.hpp>
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
+#include <asio/cancellation_type.hpp>
+#include <asio/error.hpp>
 #include <asio/execution/outstanding_work.hpp>
 #include <asio/post.hpp>
 #include <asio/prefer.hpp>
 
+#include <cstdint>
+#include <exception>
 #include <memory>
 #include <mutex>
+#include <system_error>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -47,8 +54,8 @@ class handler_slot {
             asio::post(ex, std::move(handler));
         }
         Handler handler;
-        decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
-                              asio::execution::outstanding_work.tracked)) work;
+        std::decay_t<decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
+                              asio::execution::outstanding_work.tracked))> work;
     };
     std::unique_ptr<base> h_;
 };
@@ -70,6 +77,103 @@ class handler_slots {
 
   private:
     std::vector<handler_slot> slots_;
+};
+
+/// The exception a cancelled operation completes with, as Asio's own operations report it.
+inline std::exception_ptr operation_aborted() {
+    return std::make_exception_ptr(
+        std::system_error(asio::error::make_error_code(asio::error::operation_aborted)));
+}
+
+/// Parked completion handlers that may each be cancelled: the waiters of one event (a pool
+/// call's outcome, a pool's join, an imap's next result). The owner guards the list with its
+/// mutex. A handler is posted to its associated executor (with work counted there while it is
+/// parked) and invoked there as `finish(handler, aborted)`, after its cancellation slot is
+/// cleared.
+class waiter_list {
+  public:
+    using id_type = std::uint64_t;
+
+    bool empty() const noexcept { return waiters_.empty(); }
+
+    /// Parks `h`. If it has a cancellation slot, `on_cancel(id)` is installed there: the
+    /// owner then calls take(id) under its mutex and posts what it gets with `aborted` true.
+    template <class Handler, class Finish, class OnCancel>
+    void park(Handler h, Finish finish, OnCancel on_cancel) {
+        const id_type id = next_++;
+        auto slot = asio::get_associated_cancellation_slot(h);
+        if (slot.is_connected())
+            slot.assign([on_cancel = std::move(on_cancel), id](asio::cancellation_type) mutable {
+                on_cancel(id);
+            });
+        waiters_.push_back(
+            {id, std::make_unique<holder<Handler, Finish>>(std::move(h), std::move(finish))});
+    }
+
+    /// A parked waiter, to post(aborted) once the owner's mutex is released.
+    class waiter {
+      public:
+        waiter() = default;
+        explicit operator bool() const noexcept { return p_ != nullptr; }
+        void post(bool aborted) {
+            if (auto p = std::move(p_))
+                p->post(aborted);
+        }
+
+      private:
+        friend class waiter_list;
+        struct base {
+            virtual ~base() = default;
+            virtual void post(bool aborted) = 0;
+        };
+        explicit waiter(std::unique_ptr<base> p) : p_(std::move(p)) {}
+        std::unique_ptr<base> p_;
+    };
+
+    /// Takes out waiter `id` (empty if it is gone already).
+    waiter take(id_type id) {
+        for (auto it = waiters_.begin(); it != waiters_.end(); ++it)
+            if (it->id == id) {
+                waiter w(std::move(it->p));
+                waiters_.erase(it);
+                return w;
+            }
+        return {};
+    }
+
+    /// Takes out every waiter.
+    std::vector<waiter> take_all() {
+        std::vector<waiter> out;
+        for (auto& e : std::exchange(waiters_, {}))
+            out.push_back(waiter(std::move(e.p)));
+        return out;
+    }
+
+  private:
+    template <class Handler, class Finish> struct holder final : waiter::base {
+        holder(Handler&& h, Finish&& f)
+            : handler(std::move(h)), finish(std::move(f)),
+              work(asio::prefer(asio::get_associated_executor(handler),
+                                asio::execution::outstanding_work.tracked)) {}
+        void post(bool aborted) override {
+            auto ex = asio::get_associated_executor(handler);
+            asio::post(ex, [h = std::move(handler), f = std::move(finish), aborted,
+                            w = std::move(work)]() mutable {
+                asio::get_associated_cancellation_slot(h).clear();
+                f(h, aborted);
+            });
+        }
+        Handler handler;
+        Finish finish;
+        std::decay_t<decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
+                              asio::execution::outstanding_work.tracked))> work;
+    };
+    struct entry {
+        id_type id;
+        std::unique_ptr<waiter::base> p;
+    };
+    std::vector<entry> waiters_;
+    id_type next_ = 1;
 };
 
 /// Completes (posts) at once if `ready()` holds under `m`, else parks the handler in `slot` (a

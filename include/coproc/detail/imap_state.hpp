@@ -7,6 +7,7 @@
 #include <coproc/detail/wire.hpp>
 #include <coproc/error.hpp>
 
+#include <asio/async_result.hpp>
 #include <asio/awaitable.hpp>
 #include <asio/use_awaitable.hpp>
 
@@ -69,8 +70,8 @@ template <class R> class imap_state : public chunked_call {
                 co_return std::move(*got);
             if (finished)
                 co_return std::nullopt;
-            co_await async_wait_until(
-                m_, waiter_, [this] { return has_ready(); }, asio::use_awaitable);
+            co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
+                [this](auto handler) { park(std::move(handler)); }, asio::use_awaitable);
         }
     }
 
@@ -82,10 +83,39 @@ template <class R> class imap_state : public chunked_call {
         std::lock_guard lk(m_);
         input_error_ = std::move(e);
         if (!waiter_.empty() && has_ready())
-            waiter_.post();
+            wake_locked();
     }
 
   private:
+    // Parks next()'s handler until has_ready(); a cancelled next() ends with operation_aborted
+    // and takes nothing (the results stay for the next call).
+    template <class Handler> void park(Handler handler) {
+        auto finish = [](Handler& h, bool aborted) {
+            std::move(h)(aborted ? operation_aborted() : nullptr);
+        };
+        auto on_cancel = [weak = this->weak_from_this(), this](waiter_list::id_type id) {
+            auto keep = weak.lock();
+            if (!keep)
+                return;
+            waiter_list::waiter w;
+            {
+                std::lock_guard lk(m_);
+                w = waiter_.take(id);
+            }
+            w.post(true);
+        };
+        std::unique_lock lk(m_);
+        waiter_.park(std::move(handler), finish, on_cancel);
+        if (has_ready())
+            wake_locked();
+    }
+
+    // Posts the parked next(), under m_.
+    void wake_locked() {
+        for (auto& w : waiter_.take_all())
+            w.post(false);
+    }
+
     struct outcome {
         std::vector<R> values;
         std::exception_ptr error;
@@ -132,11 +162,11 @@ template <class R> class imap_state : public chunked_call {
         // Unordered: chunks are numbered by arrival so the map pops them first come.
         arrived_.emplace(ordered_ ? j.chunk : arrival_++, std::move(o));
         if (!waiter_.empty() && has_ready())
-            waiter_.post();
+            wake_locked();
     }
 
     const bool ordered_;
-    handler_slot waiter_;
+    waiter_list waiter_; // next() awaiting a result
     std::map<std::size_t, outcome> arrived_;
     std::deque<R> current_;
     std::exception_ptr pending_error_;

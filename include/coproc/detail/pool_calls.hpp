@@ -8,7 +8,9 @@
 #include <coproc/error.hpp>
 
 #include <asio/any_io_executor.hpp>
+#include <asio/async_result.hpp>
 #include <asio/awaitable.hpp>
+#include <asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -32,12 +34,20 @@ constexpr std::size_t default_chunksize(std::size_t n, std::size_t workers) noex
 
 template <class T> using value_t = wire_result_t<T>;
 
+/// Starts the asynchronous operation that completes with the outcome of `c`, whose one
+/// consumer it is: cancelling it cancels the call.
+template <class T, class Token> auto async_take(std::shared_ptr<completion<T>> c, Token&& token) {
+    return asio::async_initiate<Token, outcome_signature<T>>(
+        [](auto handler, std::shared_ptr<completion<T>> c) {
+            completion<T>::park(c, std::move(handler), true);
+        },
+        token, std::move(c));
+}
+
+/// The awaitable form of a call submitted already: cancelling the awaiting coroutine (its
+/// cancellation slot, e.g. the loser of `||`) cancels the call.
 template <class T> asio::awaitable<T> await_completion(std::shared_ptr<completion<T>> c) {
-    co_await c->async_wait();
-    if constexpr (std::is_void_v<T>)
-        c->take();
-    else
-        co_return c->take();
+    co_return co_await async_take(std::move(c), asio::use_awaitable);
 }
 
 /// A single-task call (apply): the completion is its own sink (one allocation per call).
@@ -101,6 +111,9 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
         fail(std::move(e));
     }
 
+    /// Connects the completion to this call, so cancelling it stops the call.
+    void attach() { c_->attach(weak_from_this()); }
+
   protected:
     job_ptr encode_next(std::size_t chunk, std::exception_ptr& error) override {
         return encoder_.next(shared_from_this(), chunk, error);
@@ -113,7 +126,7 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
             return fail(std::move(e));
         if (failed_.exchange(true))
             return;
-        stop();
+        stop_submitting();
         try {
             core_->post([c = c_, e] { c->set_error(e); });
         } catch (...) {
@@ -125,7 +138,7 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
     // Python's map fails whole on the first error: stop sending chunks.
     void fail(std::exception_ptr e) {
         if (!failed_.exchange(true)) {
-            stop();
+            stop_submitting();
             c_->set_error(std::move(e));
         }
     }

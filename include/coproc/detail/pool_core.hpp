@@ -32,15 +32,22 @@ struct job;
 
 /// Receives the outcome of the jobs of one call. Called on the pool's event loop, possibly
 /// from several threads at once if that loop is run by several threads.
+class pool_core;
+
 class task_sink : public std::enable_shared_from_this<task_sink> {
   public:
     virtual ~task_sink() = default;
     /// Job `j` returned; `payload` holds its results, valid during the call only.
     virtual void on_result(const job& j, std::span<const char> payload) = 0;
     virtual void on_error(const job& j, std::exception_ptr e) = 0;
-    /// Jobs of a cancelled sink that have not been sent yet are dropped.
-    bool cancelled() const noexcept { return cancelled_.load(std::memory_order_relaxed); }
-    void cancel() noexcept { cancelled_.store(true, std::memory_order_relaxed); }
+    /// A cancelled sink gets no more outcomes; its jobs that have not started never run (see
+    /// pool_core::cancel()).
+    bool cancelled() const noexcept { return cancelled_.load(std::memory_order_acquire); }
+    /// Marks the sink cancelled (pool_core::cancel() also stops its jobs).
+    void cancel() noexcept { cancelled_.store(true, std::memory_order_release); }
+    /// Cancels this call in `core` (see pool_core::cancel()); a call with jobs still to submit
+    /// also stops submitting.
+    virtual void cancel_in(pool_core& core) noexcept;
 
   private:
     std::atomic<bool> cancelled_{false};
@@ -51,6 +58,7 @@ struct job {
     std::shared_ptr<task_sink> sink;
     std::size_t chunk = 0; // index of this job within its call
     std::uint64_t id = 0;
+    std::uint64_t seq = 0; // its number among the frames sent to its worker (1, 2, ...)
     std::string_view name; // the function's type, for error messages
 };
 using job_ptr = std::unique_ptr<job>;
@@ -97,6 +105,11 @@ class pool_core {
     /// Queues further jobs of a call already accepted (a map or imap encoding its input as it
     /// goes): still allowed after close(), refused after terminate().
     virtual void submit_more(std::vector<job_ptr> jobs) = 0;
+    /// Cancels the call `sink`: it gets no more outcomes, its queued jobs are dropped, its jobs
+    /// a worker holds but has not started are skipped there, and a running one sees
+    /// this_task::stop_requested(); a worker still running it after pool_options::cancel_grace
+    /// is killed and replaced. Thread-safe; never blocks on a worker.
+    virtual void cancel(const std::shared_ptr<task_sink>& sink) noexcept = 0;
     /// While held, close() keeps the workers for a call that has more jobs to submit.
     virtual void hold() noexcept = 0;
     virtual void release() noexcept = 0;
@@ -112,6 +125,8 @@ class pool_core {
     virtual void shutdown() noexcept = 0;
 
     virtual std::size_t size() const noexcept = 0;
+    /// The executor the pool's I/O runs on.
+    virtual asio::any_io_executor executor() const noexcept = 0;
     virtual std::vector<pid_t> pids() const = 0;
     /// True when called on a thread that runs this pool's event loop, where blocking would
     /// deadlock.
@@ -119,5 +134,7 @@ class pool_core {
     /// Throws coproc::error if a blocking wait here would deadlock; `what` names the call.
     void check_blocking(const char* what) const;
 };
+
+inline void task_sink::cancel_in(pool_core& core) noexcept { core.cancel(shared_from_this()); }
 
 } // namespace coproc::detail
