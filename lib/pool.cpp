@@ -192,12 +192,7 @@ pool::~pool() {
 void pool::close() { core_->close(); }
 void pool::terminate() { core_->terminate(); }
 void pool::join() { core_->join(); }
-asio::awaitable<void> pool::join_awaitable() {
-    auto core = core_; // the operation may outlive the pool object
-    co_await core->async_join();
-}
 
-asio::any_io_executor pool::executor() const { return core_->executor(); }
 std::size_t pool::size() const noexcept { return core_->size(); }
 std::vector<pid_t> pool::pids() const { return core_->pids(); }
 void pool::core_check_open() const { core_->check_open(); }

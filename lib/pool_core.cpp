@@ -200,35 +200,23 @@ void core_impl::join() {
     }
 }
 
-asio::awaitable<void> core_impl::async_join() {
+void core_impl::park_join(const std::function<void(waiter_list&)>& park) {
+    std::lock_guard lk(mu_);
+    if (state_ == run_state::running)
+        throw error("pool::async_join() called on a running pool: call close() or terminate() "
+                    "first");
+    park(join_waiters_);
+    if (joinable_locked())
+        post_join_waiters();
+}
+
+void core_impl::unpark_join(waiter_list::id_type id) noexcept {
+    waiter_list::waiter w;
     {
         std::lock_guard lk(mu_);
-        if (state_ == run_state::running)
-            throw error("pool::async_join() called on a running pool: call close() or "
-                        "terminate() first");
+        w = join_waiters_.take(id);
     }
-    co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
-        [this](auto handler) {
-            auto finish = [](auto& h, bool aborted) {
-                std::move(h)(aborted ? operation_aborted() : nullptr);
-            };
-            auto on_cancel = [weak = weak_from_this()](waiter_list::id_type id) {
-                auto self = weak.lock();
-                if (!self)
-                    return;
-                waiter_list::waiter w;
-                {
-                    std::lock_guard lk(self->mu_);
-                    w = self->join_waiters_.take(id);
-                }
-                w.post(true);
-            };
-            std::lock_guard lk(mu_);
-            join_waiters_.park(std::move(handler), finish, on_cancel);
-            if (joinable_locked())
-                post_join_waiters();
-        },
-        asio::use_awaitable);
+    w.post(true);
 }
 
 void core_impl::shutdown() noexcept {

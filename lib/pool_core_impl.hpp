@@ -50,11 +50,11 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     void close() override;
     void terminate() override;
     void join() override;
-    asio::awaitable<void> async_join() override;
+    void park_join(const std::function<void(waiter_list&)>& park) override;
+    void unpark_join(waiter_list::id_type id) noexcept override;
     void shutdown() noexcept override;
 
     std::size_t size() const noexcept override { return opt_.processes; }
-    asio::any_io_executor executor() const noexcept override { return ex_; }
     std::vector<pid_t> pids() const override;
     bool on_loop_thread() const noexcept override;
 

@@ -44,7 +44,7 @@
 #include <asio/any_io_executor.hpp>
 #include <asio/async_result.hpp>
 #include <asio/awaitable.hpp>
-#include <asio/co_spawn.hpp>
+#include <asio/post.hpp>
 #include <asio/use_awaitable.hpp>
 
 #include <algorithm>
@@ -227,7 +227,32 @@ class pool {
     /// join() as an Asio operation with any completion token (void(std::exception_ptr)): fails
     /// with coproc::error if the pool is still running. Cancelling it ends the wait only.
     template <class Token = asio::use_awaitable_t<>> auto async_join(Token&& token = {}) {
-        return asio::co_spawn(executor(), join_awaitable(), std::forward<Token>(token));
+        return asio::async_initiate<Token, void(std::exception_ptr)>(
+            [core = core_](auto handler) {
+                std::weak_ptr<detail::pool_core> weak = core;
+                auto finish = [](auto& h, bool aborted) {
+                    std::move(h)(aborted ? detail::operation_aborted() : nullptr);
+                };
+                auto on_cancel = [weak](detail::waiter_list::id_type id) {
+                    if (auto c = weak.lock())
+                        c->unpark_join(id);
+                };
+                std::exception_ptr refused;
+                try {
+                    core->park_join([&](detail::waiter_list& w) {
+                        w.park(std::move(handler), finish, on_cancel);
+                    });
+                } catch (...) { // still running: park_join() did not take the handler
+                    refused = std::current_exception();
+                }
+                if (refused) {
+                    auto ex = asio::get_associated_executor(handler);
+                    asio::post(ex, [h = std::move(handler), refused]() mutable {
+                        std::move(h)(refused);
+                    });
+                }
+            },
+            token);
     }
     /// The number of worker processes.
     std::size_t size() const noexcept;
@@ -259,8 +284,6 @@ class pool {
             token, std::views::all(std::forward<Range>(items)));
     }
 
-    asio::any_io_executor executor() const;
-    asio::awaitable<void> join_awaitable();
 
     template <class T, class F>
     std::shared_ptr<detail::completion<T>>

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <coproc/detail/function_id.hpp>
+#include <coproc/detail/handler_slot.hpp>
 #include <coproc/detail/wire.hpp>
 #include <coproc/options.hpp>
 
@@ -120,13 +121,15 @@ class pool_core {
     virtual void close() = 0;
     virtual void terminate() = 0;
     virtual void join() = 0;
-    virtual asio::awaitable<void> async_join() = 0;
+    /// Calls `park(waiters)` under the pool's lock to park a join waiter there: it is posted
+    /// when join() would return. Throws coproc::error if the pool is still running.
+    virtual void park_join(const std::function<void(waiter_list&)>& park) = 0;
+    /// Takes join waiter `id` out (its operation was cancelled) and posts it, aborted.
+    virtual void unpark_join(waiter_list::id_type id) noexcept = 0;
     /// terminate(), then reap every worker without the event loop and release all I/O objects.
     virtual void shutdown() noexcept = 0;
 
     virtual std::size_t size() const noexcept = 0;
-    /// The executor the pool's I/O runs on.
-    virtual asio::any_io_executor executor() const noexcept = 0;
     virtual std::vector<pid_t> pids() const = 0;
     /// True when called on a thread that runs this pool's event loop, where blocking would
     /// deadlock.
