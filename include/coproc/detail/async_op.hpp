@@ -97,9 +97,8 @@ template <class Handler, class R> class pending_handler {
     using value_type = typename op_traits<R>::value;
 
     explicit pending_handler(Handler h)
-        : handler_(std::move(h)),
-          work_(asio::prefer(asio::get_associated_executor(handler_),
-                             asio::execution::outstanding_work.tracked)) {}
+        : handler_(std::move(h)), work_(asio::prefer(asio::get_associated_executor(handler_),
+                                                     asio::execution::outstanding_work.tracked)) {}
 
     auto executor() const { return asio::get_associated_executor(handler_); }
     auto slot() const { return asio::get_associated_cancellation_slot(handler_); }
