@@ -7,7 +7,8 @@
 //
 // Both go through asio::async_initiate with the completion signature op_signature_t<R>:
 // void(std::exception_ptr) for R = void, else void(std::exception_ptr, R). The handler's
-// associated executor runs the waits and the completion (work is kept on it while the operation
+// associated executor runs the waits (Asio's system executor if it is no I/O executor, as for
+// use_future and a plain callback) and the completion (work is kept on it while the operation
 // is pending); its associated cancellation slot, if connected, cancels the operation: any
 // cancellation type completes it at once with std::system_error(asio::error::operation_aborted)
 // unless its outcome was already decided (then that outcome is delivered). An operation that
@@ -19,10 +20,12 @@
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
 #include <asio/cancellation_type.hpp>
+#include <asio/dispatch.hpp>
 #include <asio/error.hpp>
 #include <asio/execution/outstanding_work.hpp>
 #include <asio/post.hpp>
 #include <asio/prefer.hpp>
+#include <asio/system_executor.hpp>
 #include <asio/use_awaitable.hpp>
 
 #include <atomic>
@@ -117,32 +120,45 @@ template <class Handler, class R> class pending_handler {
 
   private:
     Handler handler_;
-    std::optional<decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
-                                        asio::execution::outstanding_work.tracked))>
+    std::optional<
+        std::decay_t<decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
+                                           asio::execution::outstanding_work.tracked))>>
         work_;
 };
 
+/// The executor an operation's waits run on: the handler's associated executor if it is an I/O
+/// executor, else Asio's system executor (use_future's and a plain callback's case).
+template <class Executor> asio::any_io_executor wait_executor(const Executor& ex) {
+    if constexpr (std::is_convertible_v<Executor, asio::any_io_executor>)
+        return ex;
+    else
+        return asio::system_executor();
+}
+
 /// The state of one async_poll operation (see below). Decisions are taken under `m_`: an
 /// attempt and a cancellation never overlap, so an item is taken only by an operation that then
-/// delivers it.
+/// delivers it. Deliveries start after `m_` is released.
 template <class Handler, class R, class Attempt>
 class poll_op final : public std::enable_shared_from_this<poll_op<Handler, R, Attempt>> {
   public:
-    poll_op(Handler h, Attempt a) : handler_(std::move(h)), attempt_(std::move(a)) {}
+    poll_op(Handler h, Attempt a)
+        : handler_(std::move(h)), attempt_(std::move(a)),
+          wait_ex_(wait_executor(handler_.executor())) {}
 
     /// From the initiating function: the first attempt, then (unless decided) the slot and the
     /// first wait.
     void start() {
         std::unique_lock lk(m_);
-        if (attempt()) {
-            post_delivery();
-            return;
+        if (!attempt()) {
+            if (auto slot = handler_.slot(); slot.is_connected()) {
+                slot.template emplace<canceller>(this);
+                slot_used_ = true;
+            }
+            if (wait())
+                return;
         }
-        if (auto slot = handler_.slot(); slot.is_connected()) {
-            slot.template emplace<canceller>(this);
-            slot_used_ = true;
-        }
-        wait();
+        lk.unlock();
+        post_delivery();
     }
 
   private:
@@ -168,20 +184,21 @@ class poll_op final : public std::enable_shared_from_this<poll_op<Handler, R, At
         return decided_;
     }
 
-    // Under m_, undecided: wait for next_, or deliver the error if the wait cannot start.
-    void wait() {
+    // Under m_, undecided: starts waiting for next_; false (decided) if the wait cannot start.
+    bool wait() {
         try {
             waiter_.async_wait(
-                executor(), next_,
+                wait_ex_, next_,
                 [self = this->shared_from_this()](std::error_code ec) { self->on_ready(ec); });
+            return true;
         } catch (...) {
             error_ = std::current_exception();
             decided_ = true;
-            post_delivery();
+            return false;
         }
     }
 
-    // On the handler's executor, when the wait ended.
+    // On the wait executor, when the wait ended.
     void on_ready(std::error_code ec) {
         std::unique_lock lk(m_);
         if (decided_)
@@ -190,20 +207,20 @@ class poll_op final : public std::enable_shared_from_this<poll_op<Handler, R, At
             error_ = std::make_exception_ptr(std::system_error(ec, "waiting for a descriptor"));
             decided_ = true;
         } else if (!attempt()) {
-            if (cancel_requested_ && next_.cancellable) {
+            if (cancel_requested_ && next_.cancellable)
                 abort();
+            else if (wait())
                 return;
-            }
-            wait();
-            return;
         }
         lk.unlock();
-        deliver();
+        asio::dispatch(handler_.executor(), [self = this->shared_from_this()] { self->deliver(); });
     }
 
-    // From the cancellation slot (any thread).
+    // From the cancellation slot (any thread). Holds the operation alive: the wait it cancels
+    // may complete, and drop its reference, on another thread meanwhile.
     void cancel() {
-        std::lock_guard lk(m_);
+        const auto self = this->shared_from_this();
+        std::unique_lock lk(m_);
         if (decided_)
             return;
         if (!next_.cancellable) {
@@ -211,18 +228,19 @@ class poll_op final : public std::enable_shared_from_this<poll_op<Handler, R, At
             return;
         }
         abort();
-    }
-
-    // Under m_, undecided.
-    void abort() {
-        error_ = aborted_error();
-        decided_ = true;
-        waiter_.cancel();
+        lk.unlock();
         post_delivery();
     }
 
+    // Under m_, undecided: decides operation_aborted.
+    void abort() noexcept {
+        error_ = aborted_error();
+        decided_ = true;
+        waiter_.cancel();
+    }
+
     void post_delivery() {
-        asio::post(executor(), [self = this->shared_from_this()] { self->deliver(); });
+        asio::post(handler_.executor(), [self = this->shared_from_this()] { self->deliver(); });
     }
 
     // On the handler's executor, decided.
@@ -237,11 +255,10 @@ class poll_op final : public std::enable_shared_from_this<poll_op<Handler, R, At
         handler_.invoke(std::move(e), std::move(v));
     }
 
-    asio::any_io_executor executor() const { return handler_.executor(); }
-
     std::mutex m_;
     pending_handler<Handler, R> handler_;
     std::optional<Attempt> attempt_;
+    asio::any_io_executor wait_ex_;
     fd_waiter waiter_;
     wait_for next_;
     bool decided_ = false, slot_used_ = false, cancel_requested_ = false;
@@ -285,22 +302,25 @@ class blocking_op final : public std::enable_shared_from_this<blocking_op<Handle
     };
 
     void cancel() {
-        std::lock_guard lk(m_);
+        const auto self = this->shared_from_this(); // see poll_op::cancel
+        std::unique_lock lk(m_);
         if (decided_)
             return;
         decided_ = true;
         error_ = aborted_error();
         stop_->store(true, std::memory_order_release);
         wake_();
+        lk.unlock();
         post_delivery();
     }
 
     void finished(std::exception_ptr e) {
-        std::lock_guard lk(m_);
+        std::unique_lock lk(m_);
         if (decided_)
             return;
         decided_ = true;
         error_ = std::move(e);
+        lk.unlock();
         post_delivery();
     }
 
@@ -345,18 +365,20 @@ void run_blocking(blocking_runner& runner, const asio::any_io_executor& ex,
 template <class Handler, class Wake>
 template <class Job>
 void blocking_op<Handler, Wake>::start(blocking_runner& runner, Job job) {
-    std::lock_guard lk(m_);
+    std::unique_lock lk(m_);
     if (auto slot = handler_.slot(); slot.is_connected()) {
         slot.template emplace<canceller>(this);
         slot_used_ = true;
     }
     try {
         run_blocking(
-            runner, handler_.executor(), [job = std::move(job), stop = stop_] { job(*stop); },
+            runner, wait_executor(handler_.executor()),
+            [job = std::move(job), stop = stop_] { job(*stop); },
             [self = this->shared_from_this()](std::exception_ptr e) { self->finished(e); });
     } catch (...) {
         decided_ = true;
         error_ = std::current_exception();
+        lk.unlock();
         post_delivery();
     }
 }
