@@ -265,9 +265,10 @@ void check_every_token(Start start, Feed feed, Check check) {
 
 /// Counts of a random-cancellation run.
 struct cancel_counts {
-    int delivered = 0;    // operations that completed with an item
-    int aborted = 0;      // operations cancelled before they took one
-    int late_cancels = 0; // cancellations emitted after the item was taken (no effect)
+    int delivered = 0;     // operations that completed with an item
+    int aborted = 0;       // operations cancelled before they took one
+    int late_cancels = 0;  // cancellations emitted after the item was taken (no effect)
+    int aborted_early = 0; // cancelled while items were still to come
 };
 
 /// Starts `start(token)` over and over on an io_context, each with a timer that emits a
@@ -299,6 +300,7 @@ cancel_counts random_cancellations(Start start, Seen seen, int items, int min_ab
             r->timer.cancel();
             if (is_aborted(e)) {
                 ++c.aborted;
+                c.aborted_early += c.delivered < items;
             } else {
                 REQUIRE_FALSE(e);
                 ++c.delivered;
