@@ -1,8 +1,8 @@
 // pipe: frames (8-byte length, then payload) on an AF_UNIX stream socket.
 //
 // Send: one sendmsg of header and payload. Blocking calls make blocking syscalls (the socket
-// stays in blocking mode, see io.hpp), so a send is one syscall; awaitable calls pass
-// MSG_DONTWAIT and wait on the awaiting coroutine's executor.
+// stays in blocking mode, see io.hpp), so a send is one syscall; asynchronous operations pass
+// MSG_DONTWAIT and wait, cancellably, on their handler's executor (async_op.hpp).
 //
 // Receive: exactly one frame, never more: one recv for the header, one for the
 // body. Reading ahead (a buffer-full per recv, frames handed out from it) would halve the

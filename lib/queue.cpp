@@ -17,8 +17,8 @@
 // blocking mode, see io.hpp) instead of try, poll, retry; and a getter that finds the queue
 // empty first watches the `published` counter in shared memory for up to spin_budget before it
 // sleeps in recvmsg, so a steady producer's items are taken without a sleep and a cross-CPU
-// wake-up per item. The *_for forms and the awaitable ones use MSG_DONTWAIT and wait with
-// poll() or Asio.
+// wake-up per item. The *_for forms and the asynchronous ones use MSG_DONTWAIT and wait
+// with poll() or (cancellably) Asio.
 //
 // Items up to inline_limit travel in the message itself. A larger item is written to a memfd
 // that travels with the message (SCM_RIGHTS) and is read back by the getter: a seqpacket message

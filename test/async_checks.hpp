@@ -10,11 +10,13 @@
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/experimental/deferred.hpp>
 #include <asio/io_context.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/strand.hpp>
 #include <asio/system_executor.hpp>
+#include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/use_future.hpp>
 
@@ -114,11 +116,12 @@ void check_every_token(Start start, Feed feed, Check check) {
         asio::steady_timer warm_up(asio::system_executor{});
     }
     const int fds = fd_count();
-    { // use_awaitable: a coroutine waits on the io_context
+    // Runs `waiter` (a coroutine yielding the value) on an io_context until it waits, feeds it.
+    auto run_fed = [&](auto make_waiter) {
         asio::io_context io;
         std::optional<value> got;
         bool done = false;
-        asio::co_spawn(io, await_value(asio::use_awaitable), [&](std::exception_ptr e, value v) {
+        asio::co_spawn(io, make_waiter(), [&](std::exception_ptr e, value v) {
             CHECK_FALSE(e);
             got = std::move(v);
             done = true;
@@ -129,8 +132,11 @@ void check_every_token(Start start, Feed feed, Check check) {
         run_until(io, done);
         REQUIRE(got);
         check(*got);
-    }
-    { // use_future: no io_context at all (the wait runs on Asio's system executor)
+    };
+    // use_awaitable: a coroutine waits on the io_context
+    run_fed([&] { return await_value(asio::use_awaitable); });
+    // use_future: no io_context at all (the wait runs on Asio's system executor)
+    auto through_future = [&] {
         auto f = start(asio::use_future);
         feed();
         REQUIRE(f.wait_for(std::chrono::seconds(20)) == std::future_status::ready);
@@ -140,7 +146,8 @@ void check_every_token(Start start, Feed feed, Check check) {
         } else {
             check(f.get());
         }
-    }
+    };
+    through_future();
     { // a plain callback void(std::exception_ptr[, R])
         callback_probe<R> probe;
         start(probe.handler());
@@ -150,56 +157,29 @@ void check_every_token(Start start, Feed feed, Check check) {
         check(*probe.value);
         CHECK(probe.calls() == 1);
     }
-    { // deferred: nothing starts until the deferred operation is launched
-        asio::io_context io;
-        auto op = start(asio::experimental::deferred);
-        std::optional<value> got;
-        bool done = false;
-        asio::co_spawn(
-            io,
-            [](decltype(op) op, std::optional<value>& got) -> asio::awaitable<void> {
-                if constexpr (std::is_void_v<R>) {
-                    co_await std::move(op)(asio::use_awaitable);
-                    got.emplace();
-                } else {
-                    got = co_await std::move(op)(asio::use_awaitable);
-                }
-            }(std::move(op), got),
-            [&](std::exception_ptr e) {
-                CHECK_FALSE(e);
-                done = true;
-            });
-        io.poll();
-        feed();
-        run_until(io, done);
-        REQUIRE(got);
-        check(*got);
-    }
-    { // as_tuple(use_awaitable): the exception comes as a value
-        asio::io_context io;
-        std::optional<value> got;
-        bool done = false;
-        asio::co_spawn(
-            io,
-            [](Start& start, std::optional<value>& got) -> asio::awaitable<void> {
-                const auto token = asio::experimental::as_tuple(asio::use_awaitable);
-                auto result = co_await start(token);
-                CHECK_FALSE(std::get<0>(result));
-                if constexpr (std::is_void_v<R>)
-                    got.emplace();
-                else
-                    got = std::move(std::get<1>(result));
-            }(start, got),
-            [&](std::exception_ptr e) {
-                CHECK_FALSE(e);
-                done = true;
-            });
-        io.poll();
-        feed();
-        run_until(io, done);
-        REQUIRE(got);
-        check(*got);
-    }
+    // deferred: nothing starts until the deferred operation is launched
+    run_fed([&] {
+        return [](auto op) -> asio::awaitable<value> {
+            if constexpr (std::is_void_v<R>) {
+                co_await std::move(op)(asio::use_awaitable);
+                co_return value{};
+            } else {
+                co_return co_await std::move(op)(asio::use_awaitable);
+            }
+        }(start(asio::experimental::deferred));
+    });
+    // as_tuple(use_awaitable): the exception comes as a value
+    run_fed([&] {
+        return [](Start& start) -> asio::awaitable<value> {
+            const auto token = asio::experimental::as_tuple(asio::use_awaitable);
+            auto result = co_await start(token);
+            CHECK_FALSE(std::get<0>(result));
+            if constexpr (std::is_void_v<R>)
+                co_return value{};
+            else
+                co_return std::move(std::get<1>(result));
+        }(start);
+    });
     { // bind_executor(strand, callback): the callback runs in the strand
         asio::io_context io;
         auto strand = asio::make_strand(io);
@@ -249,18 +229,22 @@ void check_every_token(Start start, Feed feed, Check check) {
             REQUIRE(probe.wait());
             CHECK(is_aborted(probe.error));
         }
-        // Nothing was consumed: the next operation gets what feed() provides.
-        auto f = start(asio::use_future);
-        feed();
-        REQUIRE(f.wait_for(std::chrono::seconds(20)) == std::future_status::ready);
-        if constexpr (std::is_void_v<R>) {
-            f.get();
-            check(value{});
-        } else {
-            check(f.get());
-        }
+        through_future(); // nothing was consumed: the next operation gets what feed() gives
     }
     CHECK(fd_count() == fds);
+}
+
+/// Awaits `op || a timer of `after``: the timer must win, within `limit`.
+template <class Awaitable>
+asio::awaitable<void> expect_timer_first(Awaitable op, std::chrono::milliseconds after,
+                                         std::chrono::milliseconds limit) {
+    using namespace asio::experimental::awaitable_operators;
+    asio::steady_timer timer(co_await asio::this_coro::executor, after);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto tick = timer.async_wait(asio::use_awaitable);
+    const auto first = co_await (std::move(op) || std::move(tick));
+    CHECK(first.index() == 1);
+    CHECK(std::chrono::steady_clock::now() - t0 < limit);
 }
 
 /// Counts of a random-cancellation run.

@@ -4,7 +4,6 @@
 #include "test_util.hpp"
 
 #include <asio/detached.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 
@@ -200,16 +199,10 @@ COPROC_TEST_CASE("async_join waits without blocking the loop") {
 
 COPROC_TEST_CASE("async_join || a timer: the timer wins, the child keeps running and is joined "
                  "later") {
-    using namespace asio::experimental::awaitable_operators;
     coproc::process p(sleeps, 300);
     p.start();
-    asio::steady_timer timer(io, 20ms);
-    const auto t0 = std::chrono::steady_clock::now();
     auto join = p.async_join();
-    auto tick = timer.async_wait(asio::use_awaitable);
-    const auto first = co_await (std::move(join) || std::move(tick));
-    CHECK(first.index() == 1);
-    CHECK(std::chrono::steady_clock::now() - t0 < 250ms);
+    co_await coproc::test::expect_timer_first(std::move(join), 20ms, 250ms);
     CHECK(p.is_alive());
     co_await p.async_join();
     CHECK(p.exitcode() == 0);

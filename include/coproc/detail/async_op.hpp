@@ -126,6 +126,16 @@ template <class Handler, class R> class pending_handler {
         work_;
 };
 
+/// What an operation puts in its handler's cancellation slot: any type but `none` calls
+/// `op->cancel()`.
+template <class Op> struct cancel_on_signal {
+    Op* op;
+    void operator()(asio::cancellation_type type) {
+        if (type != asio::cancellation_type::none)
+            op->cancel();
+    }
+};
+
 /// The executor an operation's waits run on: the handler's associated executor if it is an I/O
 /// executor, else Asio's system executor (use_future's and a plain callback's case).
 template <class Executor> asio::any_io_executor wait_executor(const Executor& ex) {
@@ -151,7 +161,7 @@ class poll_op final : public std::enable_shared_from_this<poll_op<Handler, R, At
         std::unique_lock lk(m_);
         if (!attempt()) {
             if (auto slot = handler_.slot(); slot.is_connected()) {
-                slot.template emplace<canceller>(this);
+                slot.template emplace<cancel_on_signal<poll_op>>(this);
                 slot_used_ = true;
             }
             if (wait())
@@ -162,13 +172,7 @@ class poll_op final : public std::enable_shared_from_this<poll_op<Handler, R, At
     }
 
   private:
-    struct canceller {
-        poll_op* op;
-        void operator()(asio::cancellation_type type) {
-            if (type != asio::cancellation_type::none)
-                op->cancel();
-        }
-    };
+    friend struct cancel_on_signal<poll_op>;
 
     // Under m_: one attempt; true once the outcome is decided.
     bool attempt() {
@@ -290,16 +294,8 @@ class blocking_op final : public std::enable_shared_from_this<blocking_op<Handle
 
     template <class Job> void start(blocking_runner& runner, Job job);
 
-    std::shared_ptr<std::atomic<bool>> stop() const { return stop_; }
-
   private:
-    struct canceller {
-        blocking_op* op;
-        void operator()(asio::cancellation_type type) {
-            if (type != asio::cancellation_type::none)
-                op->cancel();
-        }
-    };
+    friend struct cancel_on_signal<blocking_op>;
 
     void cancel() {
         const auto self = this->shared_from_this(); // see poll_op::cancel
@@ -367,7 +363,7 @@ template <class Job>
 void blocking_op<Handler, Wake>::start(blocking_runner& runner, Job job) {
     std::unique_lock lk(m_);
     if (auto slot = handler_.slot(); slot.is_connected()) {
-        slot.template emplace<canceller>(this);
+        slot.template emplace<cancel_on_signal<blocking_op>>(this);
         slot_used_ = true;
     }
     try {
