@@ -85,6 +85,11 @@ void send_later(coproc::connection<int> conn, int v) {
     conn.send(v);
 }
 
+void send_after(coproc::connection<int> conn, int v, int ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    conn.send(v);
+}
+
 // Message i of the random-cancellation run: mostly small, every 16th from 64 KiB to 1 MiB (it
 // arrives in parts, so cancellations fall in the middle of frames).
 std::string uneven_message(int i) {
@@ -331,10 +336,10 @@ TEST_CASE("async_recv completes through every completion token; a cancelled one 
 COPROC_TEST_CASE("async_recv || a timer: the timer wins, and the next recv gets the message sent "
                  "later") {
     auto [a, b] = coproc::pipe<int>();
-    coproc::process p(send_later, b, 9); // sends after 50 ms
+    coproc::process p(send_after, b, 9, 1000);
     p.start();
     auto recv = a.async_recv();
-    co_await coproc::test::expect_timer_first(std::move(recv), 10ms, 40ms);
+    co_await coproc::test::expect_timer_first(std::move(recv), 10ms, 800ms);
     CHECK(co_await a.async_recv() == 9);
     co_await p.async_join();
 }

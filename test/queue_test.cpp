@@ -98,6 +98,11 @@ void put_later(coproc::queue<int> q, int v) {
     q.put(v);
 }
 
+void put_after(coproc::queue<int> q, int v, int ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    q.put(v);
+}
+
 int put_from_worker(coproc::queue<int> q, int v) {
     q.put(v);
     return v;
@@ -442,10 +447,10 @@ TEST_CASE("async_put on a full queue completes through every completion token; a
 
 COPROC_TEST_CASE("async_get || a timer: the timer wins, and the next get gets the item put later") {
     coproc::queue<int> q;
-    coproc::process p(put_later, q, 7); // puts after 50 ms
+    coproc::process p(put_after, q, 7, 1000);
     p.start();
     auto get = q.async_get();
-    co_await coproc::test::expect_timer_first(std::move(get), 10ms, 40ms);
+    co_await coproc::test::expect_timer_first(std::move(get), 10ms, 800ms);
     CHECK(co_await q.async_get() == 7);
     co_await p.async_join();
     CHECK(q.empty());
