@@ -98,14 +98,13 @@ std::string uneven_message(int i) {
     return pattern(size, static_cast<std::size_t>(i));
 }
 
-// Sends uneven_message(0..n-1), pausing now and then for a random moment; then waits for a
+// Sends uneven_message(0..n-1), with a random pause (up to 0.8 ms) after each; then waits for a
 // message back before it closes its end.
 void send_unevenly(coproc::connection<std::string> conn, int n) {
     std::mt19937 rng(11);
     for (int i = 0; i < n; ++i) {
         conn.send(uneven_message(i));
-        if (rng() % 2 == 0)
-            std::this_thread::sleep_for(std::chrono::microseconds(rng() % 400));
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 800));
     }
     conn.recv();
 }
@@ -393,7 +392,7 @@ TEST_CASE("1,000 random cancellations of async_recv racing with a sender process
         CHECK(next == n);
         CHECK(c.delivered == n);
         CHECK(c.aborted >= 1000);
-        CHECK(c.aborted_early >= 100);                // many while the producer was still at work
+        CHECK(c.aborted_early >= 1000);               // while the producer was at work
         CHECK_THROWS_AS(r.recv(), coproc::eof_error); // nothing left over
         MESSAGE("delivered " << c.delivered << ", cancelled " << c.aborted << " ("
                              << c.aborted_early << " before the last message)"

@@ -150,13 +150,12 @@ void send_out_of_line(int sock, int memfd, std::uint64_t announced) {
     close(memfd);
 }
 
-// Puts 0..n-1, pausing now and then for a random moment.
+// Puts 0..n-1, with a random pause (up to 0.8 ms) after each.
 void put_unevenly(coproc::queue<int> q, int n) {
     std::mt19937 rng(7);
     for (int i = 0; i < n; ++i) {
         q.put(i);
-        if (rng() % 2 == 0)
-            std::this_thread::sleep_for(std::chrono::microseconds(rng() % 400));
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 800));
     }
 }
 
@@ -528,7 +527,7 @@ TEST_CASE("1,000 random cancellations of async_get racing with a producer proces
     watchdog dog(240s);
     const int fds = fd_count();
     {
-        constexpr int n = 3000;
+        constexpr int n = 2000;
         coproc::queue<int> q;
         coproc::process producer(put_unevenly, q, n);
         producer.start();
@@ -547,7 +546,7 @@ TEST_CASE("1,000 random cancellations of async_get racing with a producer proces
         CHECK(once == n);
         CHECK(c.delivered == n);
         CHECK(c.aborted >= 1000);
-        CHECK(c.aborted_early >= 100); // many while the producer was still at work
+        CHECK(c.aborted_early >= 1000); // while the producer was at work
         CHECK_FALSE(q.get_for(0s));
         MESSAGE("delivered " << c.delivered << ", cancelled " << c.aborted << " ("
                              << c.aborted_early << " before the last item)"

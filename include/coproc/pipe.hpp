@@ -3,7 +3,7 @@
 //   auto [parent_conn, child_conn] = coproc::pipe<std::string>();    // duplex
 //   auto [r, w] = coproc::pipe<int>(false);     // one-way: r receives, w sends (Python's order)
 //   conn.send(v)   conn.recv()   conn.poll(100ms)   conn.send_bytes(bytes)   conn.recv_bytes()
-//   co_await conn.async_send(v)   co_await conn.async_recv()   conn.close()
+//   co_await conn.async_send(v)   co_await conn.async_recv()   conn.close()   (any Asio token)
 //
 // Messages are length-prefixed frames of cereal-binary payload (send_bytes: raw bytes) on a
 // Unix stream socket; any size works. A connection is a handle: copies share one descriptor,
