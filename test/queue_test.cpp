@@ -150,12 +150,12 @@ void send_out_of_line(int sock, int memfd, std::uint64_t announced) {
     close(memfd);
 }
 
-// Puts 0..n-1, with a random pause (up to 0.8 ms) after each.
+// Puts 0..n-1, with a random pause (up to 3 ms) after each.
 void put_unevenly(coproc::queue<int> q, int n) {
     std::mt19937 rng(7);
     for (int i = 0; i < n; ++i) {
         q.put(i);
-        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 800));
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
     }
 }
 
@@ -527,7 +527,7 @@ TEST_CASE("1,000 random cancellations of async_get racing with a producer proces
     watchdog dog(240s);
     const int fds = fd_count();
     {
-        constexpr int n = 2000;
+        constexpr int n = 1000;
         coproc::queue<int> q;
         coproc::process producer(put_unevenly, q, n);
         producer.start();
