@@ -1,8 +1,8 @@
 // pipe: frames (8-byte length, then payload) on an AF_UNIX stream socket.
 //
 // Send: one sendmsg of header and payload. Blocking calls make blocking syscalls (the socket
-// stays in blocking mode, see io.hpp), so a send is one syscall; awaitable calls pass
-// MSG_DONTWAIT and wait on the awaiting coroutine's executor.
+// stays in blocking mode, see io.hpp), so a send is one syscall; asynchronous operations pass
+// MSG_DONTWAIT and wait, cancellably, on their handler's executor (async_op.hpp).
 //
 // Receive: exactly one frame, never more: one recv for the header, one for the
 // body. Reading ahead (a buffer-full per recv, frames handed out from it) would halve the
@@ -112,6 +112,9 @@ class frame_out {
         }
         return true;
     }
+
+    /// Whether part of the frame is out (it must then be finished).
+    bool started() const noexcept { return done_ > 0; }
 
   private:
     header header_;
@@ -281,23 +284,36 @@ bool conn_core::poll(clock::time_point deadline) {
     return wait_fd(fd_for(false), POLLIN, deadline);
 }
 
-asio::awaitable<void> conn_core::async_send(std::shared_ptr<conn_core> self,
-                                            std::vector<char> payload) {
-    const int fd = self->fd_for(true);
-    frame_out f(std::as_bytes(std::span(payload)), self->peer_rx_);
-    while (!f.step(fd, MSG_DONTWAIT))
-        co_await async_wait_fd(fd, true);
+/// A frame being sent by async_send, with its payload and its connection.
+struct async_send_state {
+    async_send_state(std::shared_ptr<conn_core> c, std::vector<char> p, conn_rx* peer)
+        : core(std::move(c)), payload(std::move(p)),
+          frame(std::as_bytes(std::span(payload)), peer) {}
+    std::shared_ptr<conn_core> core;
+    std::vector<char> payload;
+    frame_out frame;
+};
+
+std::shared_ptr<async_send_state> conn_core::start_send(std::shared_ptr<conn_core> self,
+                                                        std::vector<char> payload) {
+    conn_rx* const peer = self->peer_rx_;
+    return std::make_shared<async_send_state>(std::move(self), std::move(payload), peer);
 }
 
-asio::awaitable<std::vector<std::byte>> conn_core::async_recv(std::shared_ptr<conn_core> self) {
-    const int fd = self->fd_for(false);
-    for (;;) {
-        if (auto msg = self->recv_step(fd, MSG_DONTWAIT)) {
-            const auto bytes = std::as_bytes(*msg);
-            co_return std::vector<std::byte>(bytes.begin(), bytes.end());
-        }
-        co_await async_wait_fd(fd, false);
-    }
+std::optional<op_done> conn_core::try_send(async_send_state& s, wait_for& next) {
+    const int fd = s.core->fd_for(true);
+    if (s.frame.step(fd, MSG_DONTWAIT))
+        return op_done{};
+    next = {fd, true, !s.frame.started()};
+    return std::nullopt;
+}
+
+std::optional<std::span<const char>> conn_core::try_recv(wait_for& next) {
+    const int fd = fd_for(false);
+    auto msg = recv_step(fd, MSG_DONTWAIT);
+    if (!msg)
+        next = {fd, false};
+    return msg;
 }
 
 std::pair<std::shared_ptr<conn_core>, std::shared_ptr<conn_core>> make_pipe(bool duplex) {

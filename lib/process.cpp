@@ -298,12 +298,13 @@ bool process::join_until(detail::clock::time_point deadline) {
     return s.reap(false) || (detail::wait_fd(s.pidfd.get(), POLLIN, deadline) && s.reap(true));
 }
 
-asio::awaitable<void> process::async_join() {
-    return [](detail::process_state* s) -> asio::awaitable<void> {
-        if (!s->reap(false))
-            co_await detail::async_wait_fd(s->pidfd.get(), false);
-        s->reap(true);
-    }(&started_state("async_join()"));
+std::optional<detail::op_done> process::try_join(detail::process_state* s, detail::wait_for& next) {
+    if (!s || !s->started())
+        throw coproc::error("process: async_join() of a process not started");
+    if (s->reap(false))
+        return detail::op_done{};
+    next = {s->pidfd.get(), false};
+    return std::nullopt;
 }
 
 bool process::is_alive() const { return state_ && state_->started() && !state_->reap(false); }

@@ -17,8 +17,8 @@
 // blocking mode, see io.hpp) instead of try, poll, retry; and a getter that finds the queue
 // empty first watches the `published` counter in shared memory for up to spin_budget before it
 // sleeps in recvmsg, so a steady producer's items are taken without a sleep and a cross-CPU
-// wake-up per item. The *_for forms and the awaitable ones use MSG_DONTWAIT and wait with
-// poll() or Asio.
+// wake-up per item. The *_for forms and the asynchronous ones use MSG_DONTWAIT and wait
+// with poll() or (cancellably) Asio.
 //
 // Items up to inline_limit travel in the message itself. A larger item is written to a memfd
 // that travels with the message (SCM_RIGHTS) and is read back by the getter: a seqpacket message
@@ -262,16 +262,27 @@ bool queue_core::put(std::span<const char> msg, std::optional<clock::time_point>
     return true;
 }
 
-asio::awaitable<void> queue_core::async_put(std::shared_ptr<queue_core> self,
-                                            std::vector<char> msg) {
-    put_op op(*self, msg);
-    while (!op.step(MSG_DONTWAIT))
-        co_await async_wait_fd(op.wait_fd(), op.wait_events() == POLLOUT);
+/// A put_op that owns its item (async_put).
+struct async_put_state {
+    async_put_state(queue_core& q, std::vector<char> m) : msg(std::move(m)), op(q, msg) {}
+    std::vector<char> msg;
+    put_op op;
+};
+
+std::shared_ptr<async_put_state> queue_core::start_put(std::vector<char> msg) {
+    return std::make_shared<async_put_state>(*this, std::move(msg));
+}
+
+std::optional<op_done> queue_core::try_put(async_put_state& p, wait_for& next) {
+    if (p.op.step(MSG_DONTWAIT))
+        return op_done{};
+    next = {p.op.wait_fd(), p.op.wait_events() == POLLOUT};
+    return std::nullopt;
 }
 
 // The next item: if one is there now (`flags` MSG_DONTWAIT), or waiting for one in recvmsg (0;
 // nullopt only if someone made the socket non-blocking).
-std::optional<std::vector<char>> queue_core::try_get(int flags) {
+std::optional<std::vector<char>> queue_core::receive(int flags) {
     thread_local std::vector<char> buf(inline_limit + 1);
     iovec iov{buf.data(), buf.size()};
     const int fd = this->fd(get_fd_);
@@ -310,19 +321,18 @@ std::optional<std::vector<char>> queue_core::try_get(int flags) {
 
 std::optional<std::vector<char>> queue_core::get(std::optional<clock::time_point> deadline) {
     for (;;) {
-        if (auto msg = try_get(deadline ? MSG_DONTWAIT : 0))
+        if (auto msg = receive(deadline ? MSG_DONTWAIT : 0))
             return msg;
         if (!wait_fd(fd(get_fd_), POLLIN, deadline))
             return std::nullopt;
     }
 }
 
-asio::awaitable<std::vector<char>> queue_core::async_get(std::shared_ptr<queue_core> self) {
-    for (;;) {
-        if (auto msg = self->try_get(MSG_DONTWAIT))
-            co_return std::move(*msg);
-        co_await async_wait_fd(self->fd(self->get_fd_), false);
-    }
+std::optional<std::vector<char>> queue_core::try_get(wait_for& next) {
+    auto msg = receive(MSG_DONTWAIT);
+    if (!msg)
+        next = {fd(get_fd_), false};
+    return msg;
 }
 
 void queue_core::task_done() {
@@ -344,12 +354,18 @@ void queue_core::join() {
         futex_wait(u, v, std::nullopt);
 }
 
-asio::awaitable<void> queue_core::async_join(std::shared_ptr<queue_core> self) {
-    if (self->shared_->unfinished.load(std::memory_order_acquire) == 0)
-        co_return;
-    // Made outside the co_await: g++ 12 destroys a capturing lambda in a co_await twice.
-    auto joined = self->runner_->run([self] { self->join(); });
-    co_await std::move(joined);
+void queue_core::join(const std::atomic<bool>& stop) {
+    // A bounded wait: a wake_joiners() that comes between the check of `stop` and the futex
+    // wait is missed, and the next check comes at the latest this long after it.
+    constexpr auto recheck = std::chrono::milliseconds(100);
+    auto& u = shared_->unfinished;
+    for (std::uint32_t v; (v = u.load(std::memory_order_acquire)) != 0;) {
+        if (stop.load(std::memory_order_acquire))
+            return;
+        futex_wait(u, v, clock::now() + recheck);
+    }
 }
+
+void queue_core::wake_joiners() noexcept { futex_wake(shared_->unfinished, INT_MAX); }
 
 } // namespace coproc::detail

@@ -1,13 +1,14 @@
 // Test that header file is self-contained.
-#include "test_util.hpp"
 #include <coproc/pipe.hpp>
 #include <coproc/pool.hpp>
 #include <coproc/process.hpp>
-
 #include "alloc_counter.hpp"
+#include "async_checks.hpp"
+#include "test_util.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 
 #include <chrono>
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <dirent.h>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -25,6 +27,9 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using coproc::test::callback_probe;
+using coproc::test::fd_count;
+using coproc::test::is_aborted;
 using coproc::test::socket_fds;
 using coproc::test::watchdog;
 
@@ -78,6 +83,30 @@ void expect_two(coproc::connection<int> conn) { _exit(conn.recv() == 2 ? 0 : 1);
 void send_later(coproc::connection<int> conn, int v) {
     std::this_thread::sleep_for(50ms);
     conn.send(v);
+}
+
+void send_after(coproc::connection<int> conn, int v, int ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    conn.send(v);
+}
+
+// Message i of the random-cancellation run: mostly small, every 16th from 64 KiB to 1 MiB (it
+// arrives in parts, so cancellations fall in the middle of frames).
+std::string uneven_message(int i) {
+    const std::size_t size = i % 16 == 5 ? 65'536 + static_cast<std::size_t>(i) * 997 % (1 << 20)
+                                         : static_cast<std::size_t>(i % 100);
+    return pattern(size, static_cast<std::size_t>(i));
+}
+
+// Sends uneven_message(0..n-1), with a random pause (up to 3 ms) after each; then waits for a
+// message back before it closes its end.
+void send_unevenly(coproc::connection<std::string> conn, int n) {
+    std::mt19937 rng(11);
+    for (int i = 0; i < n; ++i) {
+        conn.send(uneven_message(i));
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
+    }
+    conn.recv();
 }
 
 int send_from_worker(coproc::connection<int> conn, int v) {
@@ -290,6 +319,87 @@ TEST_CASE("a connection made before the pool reaches its tasks") {
     auto [r2, w2] = coproc::pipe<int>(false);
     CHECK_THROWS_WITH_AS(pool.apply_async(send_from_worker, {w2, 8}).get(),
                          doctest::Contains("create it before the pool"), coproc::error);
+}
+
+TEST_CASE("async_recv completes through every completion token; a cancelled one takes no message") {
+    watchdog dog(120s);
+    auto [a, b] = coproc::pipe<int>();
+    int next_sent = 0, next_got = 0;
+    coproc::test::check_every_token<int>(
+        [&, &a = a](auto&& token) { return a.async_recv(std::forward<decltype(token)>(token)); },
+        [&, &b = b] { b.send(next_sent++); }, [&](int v) { CHECK(v == next_got++); });
+    CHECK(next_got == next_sent);
+    CHECK_FALSE(a.poll());
+}
+
+COPROC_TEST_CASE("async_recv || a timer: the timer wins, and the next recv gets the message sent "
+                 "later") {
+    auto [a, b] = coproc::pipe<int>();
+    coproc::process p(send_after, b, 9, 1000);
+    p.start();
+    auto recv = a.async_recv();
+    co_await coproc::test::expect_timer_first(std::move(recv), 10ms, 800ms);
+    CHECK(co_await a.async_recv() == 9);
+    co_await p.async_join();
+}
+
+TEST_CASE("a cancelled async_send that has sent part of its message finishes it; the receiver "
+          "gets it whole") {
+    watchdog dog(60s);
+    asio::io_context io;
+    auto [a, b] = coproc::pipe<std::string>();
+    const std::string big = pattern(3 << 20, 1); // more than the socket takes at once
+    asio::cancellation_signal sig;
+    callback_probe<void> probe;
+    a.async_send(
+        big, asio::bind_cancellation_slot(sig.slot(), asio::bind_executor(io, probe.handler())));
+    io.poll();
+    CHECK(probe.calls() == 0); // part of it is out, the rest waits for room
+    sig.emit(asio::cancellation_type::terminal);
+    io.poll();
+    CHECK(probe.calls() == 0); // not cut off
+    std::string got;
+    std::thread reader([&, &b = b] { got = b.recv(); });
+    while (probe.calls() == 0)
+        io.run_one_for(100ms);
+    reader.join();
+    CHECK_FALSE(probe.error);
+    CHECK(got == big);
+    a.send("after");
+    CHECK(b.recv() == "after");
+}
+
+TEST_CASE("1,000 random cancellations of async_recv racing with a sender process, frames cut "
+          "in parts among them: every message arrives once, whole, in order") {
+    watchdog dog(240s);
+    const int fds = fd_count();
+    {
+        constexpr int n = 1000;
+        auto [r, w] = coproc::pipe<std::string>();
+        coproc::process sender(send_unevenly, w, n);
+        sender.start();
+        w.close();
+        int next = 0, wrong = 0;
+        const auto c = coproc::test::random_cancellations<std::string>(
+            [&, &r = r](auto&& token) {
+                return r.async_recv(std::forward<decltype(token)>(token));
+            },
+            [&](const std::string& m) { wrong += m != uneven_message(next++); }, n, 1000, 300us);
+        r.send("done");
+        sender.join();
+        CHECK(sender.exitcode() == 0);
+        CHECK(wrong == 0);
+        CHECK(next == n);
+        CHECK(c.delivered == n);
+        CHECK(c.aborted >= 1000);
+        CHECK(c.aborted_early >= 1000);               // while the producer was at work
+        CHECK_THROWS_AS(r.recv(), coproc::eof_error); // nothing left over
+        MESSAGE("delivered " << c.delivered << ", cancelled " << c.aborted << " ("
+                             << c.aborted_early << " before the last message)"
+                             << ", cancellations that came after the message was taken "
+                             << c.late_cancels);
+    }
+    CHECK(fd_count() == fds);
 }
 
 TEST_SUITE_END();

@@ -1,6 +1,7 @@
 // Test that header file is self-contained.
-#include "test_util.hpp"
 #include <coproc/process.hpp>
+#include "async_checks.hpp"
+#include "test_util.hpp"
 
 #include <asio/detached.hpp>
 #include <asio/steady_timer.hpp>
@@ -18,8 +19,10 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using coproc::test::callback_probe;
 using coproc::test::child_count;
 using coproc::test::fd_count;
+using coproc::test::is_aborted;
 using coproc::test::watchdog;
 
 namespace {
@@ -192,6 +195,90 @@ COPROC_TEST_CASE("async_join waits without blocking the loop") {
     CHECK(ticks == 10);
     CHECK(p.exitcode() == 0);
     co_await p.async_join(); // already joined: returns at once
+}
+
+COPROC_TEST_CASE("async_join || a timer: the timer wins, the child keeps running and is joined "
+                 "later") {
+    coproc::process p(sleeps, 1000);
+    p.start();
+    auto join = p.async_join();
+    co_await coproc::test::expect_timer_first(std::move(join), 20ms, 800ms);
+    CHECK(p.is_alive());
+    co_await p.async_join();
+    CHECK(p.exitcode() == 0);
+}
+
+TEST_CASE("async_join: use_future, a callback, as_tuple, a strand; every cancellation type "
+          "leaves the child running") {
+    watchdog dog(60s);
+    { // Asio's system executor makes its reactor's descriptors on first use: before counting
+        asio::steady_timer warm_up(asio::system_executor{});
+    }
+    const auto fds = fd_count();
+    {
+        coproc::process p(sleeps, 50);
+        p.start();
+        auto f = p.async_join(asio::use_future);
+        REQUIRE(f.wait_for(20s) == std::future_status::ready);
+        f.get();
+        CHECK(p.exitcode() == 0);
+    }
+    {
+        coproc::process p(exits_7);
+        p.start();
+        callback_probe<void> probe;
+        p.async_join(probe.handler());
+        REQUIRE(probe.wait());
+        CHECK_FALSE(probe.error);
+        CHECK(p.exitcode() == 7);
+    }
+    {
+        coproc::process never_started(nothing);
+        auto f = never_started.async_join(asio::use_future);
+        CHECK_THROWS_AS(f.get(), coproc::error); // misuse arrives through the completion
+    }
+    for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial,
+                      asio::cancellation_type::total}) {
+        asio::io_context io;
+        auto strand = asio::make_strand(io);
+        coproc::process p(sleeps, 10'000);
+        p.start();
+        asio::cancellation_signal sig;
+        bool done = false, in_strand = false;
+        std::exception_ptr error;
+        p.async_join(asio::bind_cancellation_slot(
+            sig.slot(), asio::bind_executor(strand, [&](std::exception_ptr e) {
+                in_strand = strand.running_in_this_thread();
+                error = e;
+                done = true;
+            })));
+        io.poll();
+        CHECK_FALSE(done);
+        sig.emit(type);
+        coproc::test::run_until(io, done);
+        CHECK(in_strand);
+        CHECK(is_aborted(error));
+        CHECK(p.is_alive());
+        p.kill();
+        io.restart();
+        bool joined = false;
+        asio::co_spawn(
+            io,
+            [](coproc::process& p) -> asio::awaitable<void> {
+                const auto token = asio::experimental::as_tuple(asio::use_awaitable);
+                auto [e] = co_await p.async_join(token);
+                CHECK_FALSE(e);
+            }(p),
+            [&](std::exception_ptr e) {
+                CHECK_FALSE(e);
+                joined = true;
+            });
+        coproc::test::run_until(io, joined);
+        CHECK(joined);
+        CHECK(p.exitcode() == -SIGKILL);
+    }
+    CHECK(child_count().total == 0);
+    CHECK(coproc::test::settled_fd_count(fds) == fds);
 }
 
 TEST_SUITE_END();

@@ -1,8 +1,9 @@
 // Test that header file is self-contained.
-#include "test_util.hpp"
 #include <coproc/pool.hpp>
 #include <coproc/process.hpp>
 #include <coproc/queue.hpp>
+#include "async_checks.hpp"
+#include "test_util.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -17,6 +18,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <sys/mman.h>
@@ -27,6 +29,9 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using coproc::test::callback_probe;
+using coproc::test::fd_count;
+using coproc::test::is_aborted;
 using coproc::test::socket_fds;
 using coproc::test::watchdog;
 
@@ -93,6 +98,11 @@ void put_later(coproc::queue<int> q, int v) {
     q.put(v);
 }
 
+void put_after(coproc::queue<int> q, int v, int ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    q.put(v);
+}
+
 int put_from_worker(coproc::queue<int> q, int v) {
     q.put(v);
     return v;
@@ -138,6 +148,15 @@ void send_out_of_line(int sock, int memfd, std::uint64_t announced) {
     std::memcpy(CMSG_DATA(c), &memfd, sizeof memfd);
     REQUIRE(sendmsg(sock, &msg, 0) == 1 + static_cast<ssize_t>(sizeof announced));
     close(memfd);
+}
+
+// Puts 0..n-1, with a random pause (up to 3 ms) after each.
+void put_unevenly(coproc::queue<int> q, int n) {
+    std::mt19937 rng(7);
+    for (int i = 0; i < n; ++i) {
+        q.put(i);
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
+    }
 }
 
 template <class T> T* shared_array(std::size_t n) {
@@ -393,6 +412,148 @@ TEST_CASE("a queue made before the pool reaches its tasks; one made after is ref
     coproc::queue<int> late;
     CHECK_THROWS_WITH_AS(pool.apply_async(put_from_worker, {late, 6}).get(),
                          doctest::Contains("create it before the pool"), coproc::error);
+}
+
+TEST_CASE("async_get completes through every completion token; a cancelled one takes no item") {
+    watchdog dog(120s);
+    coproc::queue<int> q;
+    int next_put = 0, next_got = 0;
+    coproc::test::check_every_token<int>(
+        [&](auto&& token) { return q.async_get(std::forward<decltype(token)>(token)); },
+        [&] { q.put(next_put++); }, [&](int v) { CHECK(v == next_got++); });
+    CHECK(next_got == next_put);
+    CHECK(q.empty());
+}
+
+TEST_CASE("async_put on a full queue completes through every completion token; a cancelled one "
+          "puts nothing") {
+    watchdog dog(120s);
+    coproc::queue<int> q(1);
+    q.put(-1);
+    int next = 0, last_started = -1;
+    std::vector<int> went_in{-1}, got;
+    coproc::test::check_every_token<void>(
+        [&](auto&& token) {
+            last_started = next++;
+            return q.async_put(last_started, std::forward<decltype(token)>(token));
+        },
+        [&] { got.push_back(q.get()); }, [&](std::monostate) { went_in.push_back(last_started); });
+    got.push_back(q.get());
+    CHECK(got == went_in);
+    CHECK(went_in.size() < static_cast<std::size_t>(next + 1)); // the cancelled ones are missing
+    CHECK_FALSE(q.get_for(0s));
+}
+
+COPROC_TEST_CASE("async_get || a timer: the timer wins, and the next get gets the item put later") {
+    coproc::queue<int> q;
+    coproc::process p(put_after, q, 7, 1000);
+    p.start();
+    auto get = q.async_get();
+    co_await coproc::test::expect_timer_first(std::move(get), 10ms, 800ms);
+    CHECK(co_await q.async_get() == 7);
+    co_await p.async_join();
+    CHECK(q.empty());
+}
+
+TEST_CASE("cancellation: a put that found no room puts nothing; a put or get already done is "
+          "delivered; the free slots stay right") {
+    watchdog dog(30s);
+    asio::io_context io;
+    coproc::queue<int> q(1);
+    q.put(1);
+    {
+        asio::cancellation_signal sig;
+        callback_probe<void> probe;
+        q.async_put(
+            2, asio::bind_cancellation_slot(sig.slot(), asio::bind_executor(io, probe.handler())));
+        io.poll();
+        CHECK(probe.calls() == 0); // full: waiting
+        sig.emit(asio::cancellation_type::terminal);
+        io.poll();
+        CHECK(probe.calls() == 1);
+        CHECK(is_aborted(probe.error));
+    }
+    CHECK(q.qsize() == 1);
+    CHECK(q.get() == 1);
+    CHECK_FALSE(q.get_for(20ms)); // 2 was not put
+    {
+        // Room: the item goes in within the initiating function; a cancellation emitted before
+        // the handler runs changes nothing.
+        asio::cancellation_signal sig;
+        callback_probe<void> probe;
+        q.async_put(
+            3, asio::bind_cancellation_slot(sig.slot(), asio::bind_executor(io, probe.handler())));
+        sig.emit(asio::cancellation_type::total);
+        io.restart();
+        io.poll();
+        CHECK(probe.calls() == 1);
+        CHECK_FALSE(probe.error);
+    }
+    {
+        // An item taken is delivered, not dropped.
+        asio::cancellation_signal sig;
+        callback_probe<int> probe;
+        q.async_get(
+            asio::bind_cancellation_slot(sig.slot(), asio::bind_executor(io, probe.handler())));
+        sig.emit(asio::cancellation_type::terminal);
+        io.restart();
+        io.poll();
+        CHECK(probe.calls() == 1);
+        CHECK_FALSE(probe.error);
+        CHECK(probe.value == 3);
+    }
+    CHECK(q.put_for(4, 0s)); // exactly one slot, as at the start
+    CHECK_FALSE(q.put_for(5, 10ms));
+    CHECK(q.get() == 4);
+}
+
+COPROC_TEST_CASE("joinable_queue: a cancelled async_join completes at once; a later one joins") {
+    int* sum = shared_array<int>(1);
+    coproc::joinable_queue<int> q;
+    q.put(5);
+    auto join = q.async_join(); // nobody marks the item done
+    co_await coproc::test::expect_timer_first(std::move(join), 20ms, 500ms);
+    coproc::process w(work_and_mark, q, sum);
+    w.start();
+    co_await q.async_join();
+    CHECK(*sum == 5);
+    q.put(-1);
+    co_await w.async_join();
+    munmap(sum, sizeof(int));
+}
+
+TEST_CASE("1,000 random cancellations of async_get racing with a producer process: every item "
+          "arrives exactly once, no descriptor leaks") {
+    watchdog dog(240s);
+    const int fds = fd_count();
+    {
+        constexpr int n = 1000;
+        coproc::queue<int> q;
+        coproc::process producer(put_unevenly, q, n);
+        producer.start();
+        std::vector<int> seen(n);
+        const auto c = coproc::test::random_cancellations<int>(
+            [&](auto&& token) { return q.async_get(std::forward<decltype(token)>(token)); },
+            [&](int v) {
+                REQUIRE((v >= 0 && v < n));
+                ++seen[static_cast<std::size_t>(v)];
+            },
+            n, 1000, 300us);
+        producer.join();
+        int once = 0;
+        for (int k : seen)
+            once += k == 1;
+        CHECK(once == n);
+        CHECK(c.delivered == n);
+        CHECK(c.aborted >= 1000);
+        CHECK(c.aborted_early >= 1000); // while the producer was at work
+        CHECK_FALSE(q.get_for(0s));
+        MESSAGE("delivered " << c.delivered << ", cancelled " << c.aborted << " ("
+                             << c.aborted_early << " before the last item)"
+                             << ", cancellations that came after the item was taken "
+                             << c.late_cancels);
+    }
+    CHECK(fd_count() == fds);
 }
 
 TEST_SUITE_END();

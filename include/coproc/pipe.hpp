@@ -3,7 +3,7 @@
 //   auto [parent_conn, child_conn] = coproc::pipe<std::string>();    // duplex
 //   auto [r, w] = coproc::pipe<int>(false);     // one-way: r receives, w sends (Python's order)
 //   conn.send(v)   conn.recv()   conn.poll(100ms)   conn.send_bytes(bytes)   conn.recv_bytes()
-//   co_await conn.async_send(v)   co_await conn.async_recv()   conn.close()
+//   co_await conn.async_send(v)   co_await conn.async_recv()   conn.close()   (any Asio token)
 //
 // Messages are length-prefixed frames of cereal-binary payload (send_bytes: raw bytes) on a
 // Unix stream socket; any size works. A connection is a handle: copies share one descriptor,
@@ -18,14 +18,18 @@
 //
 // One sender and one receiver at a time per end (as in Python): concurrent sends or recvs on the
 // same end may interleave frames. An end may change hands between processes; an async_recv
-// abandoned mid-message leaves its part for the next recv on that end in the same process.
+// cancelled (or abandoned) mid-message leaves its part for the next recv on that end in the same
+// process.
 #pragma once
 
+#include <coproc/detail/async_op.hpp>
 #include <coproc/detail/handle.hpp>
 #include <coproc/error.hpp>
 #include <coproc/serialize.hpp>
 
+#include <asio/async_result.hpp>
 #include <asio/awaitable.hpp>
+#include <asio/use_awaitable.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -41,6 +45,7 @@ namespace coproc {
 namespace detail {
 
 struct conn_rx;
+struct async_send_state;
 
 /// One end of a pipe: a socket, which ways it may be used, the frame being received, and
 /// counters shared with the other end (see pipe.cpp).
@@ -56,9 +61,15 @@ class conn_core final : public registered {
     std::span<const char> recv();
     bool poll(clock::time_point deadline);
     void close() noexcept;
-    static asio::awaitable<void> async_send(std::shared_ptr<conn_core> self,
-                                            std::vector<char> payload);
-    static asio::awaitable<std::vector<std::byte>> async_recv(std::shared_ptr<conn_core> self);
+    /// A send for async_send that owns its payload; try_send() advances it.
+    static std::shared_ptr<async_send_state> start_send(std::shared_ptr<conn_core> self,
+                                                        std::vector<char> payload);
+    /// One non-blocking step of `s`: op_done once the whole frame is sent, else nullopt with
+    /// `next` set (not cancellable once part of the frame is out).
+    static std::optional<op_done> try_send(async_send_state& s, wait_for& next);
+    /// One non-blocking receive: the next message (valid until the next receive on this end in
+    /// this process), or nullopt with `next` set; a partial frame stays in this end.
+    std::optional<std::span<const char>> try_recv(wait_for& next);
     /// Its descriptor, which a pool started with close_fds keeps open in its workers.
     std::vector<int> descriptors() const { return {fd_}; }
 
@@ -129,16 +140,39 @@ template <class T> class connection {
         return {msg.begin(), msg.end()};
     }
 
-    /// send() without blocking the event-loop thread. Resumes on the awaiting coroutine's
-    /// executor.
-    [[nodiscard]] asio::awaitable<void> async_send(T v) {
+    /// Sends `v` without blocking the event-loop thread: an asynchronous operation with
+    /// completion signature `void(std::exception_ptr)` and any completion token (default
+    /// `asio::use_awaitable`: `co_await conn.async_send(v)`). Waits on the handler's associated
+    /// executor and completes there. Errors as send().
+    /// Cancellation (the handler's cancellation slot, any type): completes at once with
+    /// std::system_error(asio::error::operation_aborted) if no byte of the message was sent
+    /// (nothing is sent then). A message partly sent (larger than the socket takes at once) is
+    /// never cut: the send finishes it and completes successfully.
+    template <class Token = asio::use_awaitable_t<>> auto async_send(T v, Token&& token = {}) {
         std::vector<char> buf;
         serialize_into(buf, v);
-        return detail::conn_core::async_send(core_ptr(), std::move(buf));
+        return detail::async_poll<void>(
+            [send = detail::conn_core::start_send(core_ptr(), std::move(buf))](
+                detail::wait_for& next) { return detail::conn_core::try_send(*send, next); },
+            std::forward<Token>(token));
     }
-    /// recv() without blocking the event-loop thread. Resumes on the awaiting coroutine's
-    /// executor.
-    [[nodiscard]] asio::awaitable<T> async_recv() { return async_recv_impl(core_ptr()); }
+    /// Receives the next value without blocking the event-loop thread: an asynchronous
+    /// operation with completion signature `void(std::exception_ptr, T)` and any completion
+    /// token (default `asio::use_awaitable`: `T v = co_await conn.async_recv()`). Waits on the
+    /// handler's associated executor and completes there. Errors as recv().
+    /// Cancellation (the handler's cancellation slot, any type): completes at once with
+    /// std::system_error(asio::error::operation_aborted) and consumes no message: the next
+    /// receive on this end gets it (part of a message already read stays in this end, for the
+    /// next receive in this process). A message already received is delivered instead.
+    template <class Token = asio::use_awaitable_t<>> auto async_recv(Token&& token = {}) {
+        return detail::async_poll<T>(
+            [core = core_ptr()](detail::wait_for& next) -> std::optional<T> {
+                if (auto msg = core->try_recv(next))
+                    return detail::decode<T>(*msg);
+                return std::nullopt;
+            },
+            std::forward<Token>(token));
+    }
 
     /// Closes this process's descriptor of this end (every copy of the handle here).
     void close() noexcept {
@@ -164,10 +198,6 @@ template <class T> class connection {
         return core_;
     }
     detail::conn_core& core() const { return *core_ptr(); }
-    static asio::awaitable<T> async_recv_impl(std::shared_ptr<detail::conn_core> c) {
-        co_return detail::decode<T>(
-            detail::as_chars(co_await detail::conn_core::async_recv(std::move(c))));
-    }
 
     std::shared_ptr<detail::conn_core> core_;
 };

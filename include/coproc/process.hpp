@@ -2,7 +2,7 @@
 // multiprocessing.Process).
 //
 //   coproc::process p(f, lock, 3);     // target and arguments; not started yet
-//   p.start();  p.join();              // or p.join_for(1s), co_await p.async_join()
+//   p.start();  p.join();              // or p.join_for(1s), co_await p.async_join() (any token)
 //   p.is_alive()  p.exitcode()  p.pid()  p.terminate()  p.kill()  p.name  p.daemon
 //
 // The target is a plain function or captureless lambda; the arguments are stored by value and
@@ -32,11 +32,14 @@
 // the main thread are killed if the main thread ends with pthread_exit() while others go on.
 #pragma once
 
+#include <coproc/detail/async_op.hpp>
 #include <coproc/detail/function_id.hpp>
 #include <coproc/detail/handle.hpp>
 #include <coproc/error.hpp>
 
+#include <asio/async_result.hpp>
 #include <asio/awaitable.hpp>
+#include <asio/use_awaitable.hpp>
 
 #include <chrono>
 #include <memory>
@@ -89,9 +92,19 @@ class process {
     template <class Rep, class Period> bool join_for(std::chrono::duration<Rep, Period> timeout) {
         return join_until(detail::deadline_after(timeout));
     }
-    /// Waits for the child to end without blocking the event-loop thread (waits on a pidfd).
-    /// Resumes on the awaiting coroutine's executor. Keep this object alive until it completes.
-    [[nodiscard]] asio::awaitable<void> async_join();
+    /// Waits for the child to end without blocking the event-loop thread (waits on a pidfd):
+    /// an asynchronous operation with completion signature `void(std::exception_ptr)` and any
+    /// completion token (default `asio::use_awaitable`: `co_await p.async_join()`). Waits on
+    /// the handler's associated executor and completes there; errors as join(). Keep this
+    /// object alive until the operation completes.
+    /// Cancellation (the handler's cancellation slot, any type): completes at once with
+    /// std::system_error(asio::error::operation_aborted); the child keeps running and can be
+    /// joined later.
+    template <class Token = asio::use_awaitable_t<>> auto async_join(Token&& token = {}) {
+        return detail::async_poll<void>(
+            [s = state_.get()](detail::wait_for& next) { return try_join(s, next); },
+            std::forward<Token>(token));
+    }
 
     /// Started and not yet ended.
     bool is_alive() const;
@@ -120,6 +133,8 @@ class process {
     explicit process(std::unique_ptr<detail::process_body> body);
     detail::process_state& started_state(const char* what) const;
     bool join_until(detail::clock::time_point deadline);
+    static std::optional<detail::op_done> try_join(detail::process_state* s,
+                                                   detail::wait_for& next);
     void signal(int sig);
 
     std::unique_ptr<detail::process_state> state_;

@@ -3,7 +3,7 @@
 //
 //   coproc::queue<std::string> q;          // unbounded; queue<T> q(8): at most 8 items
 //   q.put(v)   q.get()   q.put_for(v, 1s)   q.get_for(1s)   q.qsize()   q.empty()   q.close()
-//   co_await q.async_put(v)   co_await q.async_get()
+//   co_await q.async_put(v)   co_await q.async_get()      (or any Asio completion token)
 //   coproc::joinable_queue<int> jq;   jq.task_done()   jq.join()   co_await jq.async_join()
 //
 // Any number of processes put and get; each item is delivered to exactly one getter, whole.
@@ -18,11 +18,14 @@
 // that still has items to put before getting them. qsize() is approximate while others work.
 #pragma once
 
+#include <coproc/detail/async_op.hpp>
 #include <coproc/detail/handle.hpp>
 #include <coproc/error.hpp>
 #include <coproc/serialize.hpp>
 
+#include <asio/async_result.hpp>
 #include <asio/awaitable.hpp>
+#include <asio/use_awaitable.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -40,6 +43,7 @@ namespace detail {
 
 class blocking_runner;
 struct queue_shared;
+struct async_put_state;
 
 /// The shared state of a queue: a SOCK_SEQPACKET socket pair, an eventfd counting free slots
 /// (bounded queues) and counters in shared memory.
@@ -50,20 +54,28 @@ class queue_core final : public registered {
     /// false if `deadline` passed first (none: wait for ever).
     bool put(std::span<const char> msg, std::optional<clock::time_point> deadline);
     std::optional<std::vector<char>> get(std::optional<clock::time_point> deadline);
-    static asio::awaitable<void> async_put(std::shared_ptr<queue_core> self, std::vector<char> msg);
-    static asio::awaitable<std::vector<char>> async_get(std::shared_ptr<queue_core> self);
+    /// A put for async_put that owns its item; try_put() advances it, destroying it before it
+    /// is done gives back what it took.
+    std::shared_ptr<async_put_state> start_put(std::vector<char> msg);
+    /// One non-blocking step of `p`: op_done once the item is in, else nullopt with `next` set.
+    static std::optional<op_done> try_put(async_put_state& p, wait_for& next);
+    /// One non-blocking get: the next item, or nullopt with `next` set to what to wait for.
+    std::optional<std::vector<char>> try_get(wait_for& next);
     std::size_t qsize() const;
     void close() noexcept;
     void task_done();
     void join();
-    static asio::awaitable<void> async_join(std::shared_ptr<queue_core> self);
+    /// join() that also returns once `stop` is set and wake_joiners() called (async_join).
+    void join(const std::atomic<bool>& stop);
+    void wake_joiners() noexcept;
+    blocking_runner& runner() noexcept { return *runner_; }
     /// Its descriptors, which a pool started with close_fds keeps open in its workers.
     std::vector<int> descriptors() const { return {put_fd_, get_fd_, slots_fd_}; }
 
   private:
     friend class put_op;
     int fd(const std::atomic<int>& f) const;
-    std::optional<std::vector<char>> try_get(int flags);
+    std::optional<std::vector<char>> receive(int flags);
 
     const std::size_t maxsize_;
     std::atomic<int> put_fd_{-1}, get_fd_{-1}, slots_fd_{-1};
@@ -104,14 +116,37 @@ template <class T> class queue {
         return decode(*msg);
     }
 
-    /// put() without blocking the event-loop thread. Resumes on the awaiting coroutine's
-    /// executor.
-    [[nodiscard]] asio::awaitable<void> async_put(T v) {
-        return detail::queue_core::async_put(core_, detail::encode(v));
+    /// Puts `v` without blocking the event-loop thread: an asynchronous operation with
+    /// completion signature `void(std::exception_ptr)` and any completion token (default
+    /// `asio::use_awaitable`: `co_await q.async_put(v)`). Waits on the handler's associated
+    /// executor and completes there. Errors as put().
+    /// Cancellation (the handler's cancellation slot, any type): completes at once with
+    /// std::system_error(asio::error::operation_aborted) if the item was not put yet (nothing
+    /// is put then); an item already in the queue completes the operation successfully.
+    template <class Token = asio::use_awaitable_t<>> auto async_put(T v, Token&& token = {}) {
+        return detail::async_poll<void>(
+            [put = core_->start_put(detail::encode(v))](detail::wait_for& next) {
+                return detail::queue_core::try_put(*put, next);
+            },
+            std::forward<Token>(token));
     }
-    /// get() without blocking the event-loop thread. Resumes on the awaiting coroutine's
-    /// executor.
-    [[nodiscard]] asio::awaitable<T> async_get() { return async_get_impl(core_); }
+    /// Takes the next item without blocking the event-loop thread: an asynchronous operation
+    /// with completion signature `void(std::exception_ptr, T)` and any completion token
+    /// (default `asio::use_awaitable`: `T v = co_await q.async_get()`). Waits on the handler's
+    /// associated executor and completes there. Errors as get().
+    /// Cancellation (the handler's cancellation slot, any type): completes at once with
+    /// std::system_error(asio::error::operation_aborted) and takes no item (the next get gets
+    /// it), unless an item was already taken (it is then delivered).
+    /// Example: `co_await (q.async_get() || timer.async_wait(asio::use_awaitable))`.
+    template <class Token = asio::use_awaitable_t<>> auto async_get(Token&& token = {}) {
+        return detail::async_poll<T>(
+            [core = core_](detail::wait_for& next) -> std::optional<T> {
+                if (auto msg = core->try_get(next))
+                    return decode(*msg);
+                return std::nullopt;
+            },
+            std::forward<Token>(token));
+    }
 
     /// Whether the queue holds no items (approximate while others put and get). Throws
     /// coproc::error after close().
@@ -137,9 +172,6 @@ template <class T> class queue {
         deserialize_from(msg, v);
         return v;
     }
-    static asio::awaitable<T> async_get_impl(std::shared_ptr<detail::queue_core> c) {
-        co_return decode(co_await detail::queue_core::async_get(std::move(c)));
-    }
 
     std::shared_ptr<detail::queue_core> core_;
 };
@@ -154,10 +186,17 @@ template <class T> class joinable_queue : public queue<T> {
     void task_done() { this->core_->task_done(); }
     /// Waits until every item put has been marked with task_done().
     void join() { this->core_->join(); }
-    /// join() without blocking the event-loop thread (the wait runs on a helper thread).
-    /// Resumes on the awaiting coroutine's executor.
-    [[nodiscard]] asio::awaitable<void> async_join() {
-        return detail::queue_core::async_join(this->core_);
+    /// join() without blocking the event-loop thread (the wait runs on a helper thread): an
+    /// asynchronous operation with completion signature `void(std::exception_ptr)` and any
+    /// completion token (default `asio::use_awaitable`). Completes on the handler's associated
+    /// executor.
+    /// Cancellation (any type): completes at once with
+    /// std::system_error(asio::error::operation_aborted); the helper thread stops waiting.
+    template <class Token = asio::use_awaitable_t<>> auto async_join(Token&& token = {}) {
+        auto& core = this->core_;
+        return detail::async_blocking(
+            core->runner(), [core](const std::atomic<bool>& stop) { core->join(stop); },
+            [core] { core->wake_joiners(); }, std::forward<Token>(token));
     }
 };
 
