@@ -135,6 +135,7 @@ class lock {
 
   private:
     friend class condition;
+    explicit lock(std::shared_ptr<detail::lock_core> core) noexcept : core_(std::move(core)) {}
     std::shared_ptr<detail::lock_core> core_;
 };
 
