@@ -32,6 +32,12 @@ void shared_block_core::check(std::size_t elem_size, const char* what) const {
                             std::to_string(elem_size_) + " bytes");
 }
 
+void throw_empty_handle(const char* what) {
+    throw coproc::error(std::string("coproc::") + what +
+                        ": an empty handle (default-constructed): assign one made with "
+                        "arguments first");
+}
+
 std::shared_ptr<shared_block_core> load_shared_block(std::uint64_t token, std::size_t elem_size,
                                                      const char* what) {
     auto core = load_registered<shared_block_core>(token, handle_kind::shared_block);
@@ -123,24 +129,30 @@ shared_memory::shared_memory(std::string name, bool create, std::size_t size)
     impl_->size = size;
 }
 
+shared_memory::impl& shared_memory::get() const {
+    if (!impl_)
+        detail::throw_empty_handle("shared_memory");
+    return *impl_;
+}
+
 std::span<std::byte> shared_memory::buf() const {
-    if (!impl_->data)
+    if (!get().data)
         throw coproc::error("shared_memory: buf() of '" + impl_->name + "' after close()");
     return {impl_->data, impl_->size};
 }
 
-std::string shared_memory::name() const { return impl_->name; }
+std::string shared_memory::name() const { return get().name; }
 
-std::size_t shared_memory::size() const noexcept { return impl_->size; }
+std::size_t shared_memory::size() const noexcept { return impl_ ? impl_->size : 0; }
 
 void shared_memory::close() noexcept {
-    if (impl_->data)
+    if (impl_ && impl_->data)
         ::munmap(impl_->data, impl_->size);
     impl_->data = nullptr;
 }
 
 void shared_memory::unlink() {
-    const std::string path = "/" + impl_->name;
+    const std::string path = "/" + get().name;
     if (::shm_unlink(path.c_str()) != 0) {
         if (errno == ENOENT)
             throw coproc::error("shared_memory: unlink() of '" + impl_->name +

@@ -361,6 +361,10 @@ barrier_core::ticket barrier_core::arrive() {
     }
 }
 
+bool barrier_core::released(const ticket& t) const noexcept {
+    return round_of(shared_->word.load(std::memory_order_acquire)) == ((t.round + 1) & round_mask);
+}
+
 bool barrier_core::passed(const ticket& t, bool check_parties) {
     const std::uint32_t v = shared_->word.load(std::memory_order_acquire);
     const std::uint32_t round = round_of(v);
@@ -377,7 +381,7 @@ bool barrier_core::passed(const ticket& t, bool check_parties) {
             const auto pid = static_cast<std::uint32_t>(s);
             if ((s >> 32) == t.round && pid != 0 && pid != me && exited(pid)) {
                 break_round(t);
-                if (passed(t, false)) // the round completed meanwhile
+                if (released(t)) // the round completed meanwhile
                     return true;
                 throw_broken("party pid " + std::to_string(pid) + " died while waiting");
             }
@@ -404,7 +408,7 @@ unsigned barrier_core::wait_until(std::optional<clock::time_point> deadline, boo
             shared_->word, word, [&](bool check) { return passed(t, check); }, deadline))
         return t.index;
     break_round(t);
-    if (passed(t, false)) // released just before it broke
+    if (released(t)) // just before it broke
         return t.index;
     timed_out = true;
     return 0;

@@ -1,9 +1,8 @@
 // Test that header file is self-contained.
 #include <coproc/condition.hpp>
-
-#include "sync_test_util.hpp"
 #include <coproc/process.hpp>
 #include <coproc/shared_state.hpp>
+#include "sync_test_util.hpp"
 
 #include <chrono>
 #include <thread>

@@ -1,9 +1,8 @@
 // Test that header file is self-contained.
 #include <coproc/event.hpp>
-
-#include "sync_test_util.hpp"
 #include <coproc/pool.hpp>
 #include <coproc/process.hpp>
+#include "sync_test_util.hpp"
 
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/use_future.hpp>

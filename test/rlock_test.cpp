@@ -1,9 +1,8 @@
 // Test that header file is self-contained.
-#include <coproc/rlock.hpp>
-
-#include "sync_test_util.hpp"
 #include <coproc/pipe.hpp>
 #include <coproc/process.hpp>
+#include <coproc/rlock.hpp>
+#include "sync_test_util.hpp"
 
 #include <chrono>
 #include <csignal>

@@ -1,10 +1,9 @@
 // Test that header file is self-contained.
-#include <coproc/semaphore.hpp>
-
-#include "sync_test_util.hpp"
 #include <coproc/pool.hpp>
 #include <coproc/process.hpp>
+#include <coproc/semaphore.hpp>
 #include <coproc/shared_state.hpp>
+#include "sync_test_util.hpp"
 
 #include <chrono>
 #include <thread>

@@ -1,9 +1,8 @@
 // Test that header file is self-contained.
-#include <coproc/shared_state.hpp>
-
-#include "test_util.hpp"
 #include <coproc/pool.hpp>
 #include <coproc/process.hpp>
+#include <coproc/shared_state.hpp>
+#include "test_util.hpp"
 
 #include <chrono>
 #include <cstring>
@@ -147,13 +146,19 @@ TEST_CASE("shared_memory errors: existing name, missing name, bad names, sizes")
         CHECK(std::string(e.what()).find("no shared memory named") != std::string::npos);
     }
     CHECK_THROWS_AS(coproc::shared_memory(name, false, 101), coproc::error);
-    for (std::string bad : {"", "/", "a/b", "..", std::string(300, 'x')})
+    for (const std::string& bad :
+         std::vector<std::string>{"", "/", "a/b", "..", std::string(300, 'x')})
         CHECK_THROWS_AS(coproc::shared_memory(bad, false, 0), coproc::error);
     CHECK_THROWS_AS(coproc::shared_memory(name + "_zero", true, 0), coproc::error);
     coproc::shared_memory anon("", true, 10);
     CHECK(!anon.name().empty());
     anon.unlink();
     m.unlink();
+    coproc::shared_memory empty;
+    CHECK_THROWS_AS(empty.buf(), coproc::error);
+    coproc::array<int> no_elements;
+    CHECK(no_elements.size() == 0);
+    CHECK_THROWS_AS(no_elements.get_lock(), coproc::error);
 }
 
 TEST_CASE("shared_memory travels to a pool task by name") {

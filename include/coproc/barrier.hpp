@@ -53,6 +53,8 @@ class barrier_core final : public registered {
     /// Whether `t`'s round is over (throws broken_barrier if it broke or was reset first);
     /// `check_parties`: look for parties that died waiting, breaking the barrier if one did.
     bool passed(const ticket& t, bool check_parties);
+    /// Whether `t`'s round is over (never throws).
+    bool released(const ticket& t) const noexcept;
     /// Breaks `t`'s round if it is still on.
     void break_round(const ticket& t) noexcept;
     unsigned wait_until(std::optional<clock::time_point> deadline, bool& timed_out);
@@ -79,26 +81,29 @@ class barrier {
   public:
     /// A barrier for `parties` processes (or threads, or coroutines): 1 to 65535.
     explicit barrier(unsigned parties);
+    /// An empty handle, to be assigned or loaded (a task argument is decoded into one); any
+    /// other use throws coproc::error.
+    barrier() noexcept = default;
 
     /// Waits until every party has arrived; the caller's arrival index. Throws broken_barrier.
     unsigned wait() {
         bool timed_out = false;
-        return core_->wait_until(std::nullopt, timed_out);
+        return core().wait_until(std::nullopt, timed_out);
     }
     /// wait() for at most `timeout`: false on timeout, which breaks the barrier for the others.
     template <class Rep, class Period> bool wait_for(std::chrono::duration<Rep, Period> timeout) {
         bool timed_out = false;
-        core_->wait_until(detail::deadline_after(timeout), timed_out);
+        core().wait_until(detail::deadline_after(timeout), timed_out);
         return !timed_out;
     }
     /// Breaks the barrier: every waiter, and every wait() until reset(), throws broken_barrier.
-    void abort() noexcept { core_->abort(); }
+    void abort() { core().abort(); }
     /// Back to empty and unbroken; parties still waiting get broken_barrier.
-    void reset() noexcept { core_->reset(); }
-    unsigned parties() const noexcept { return core_->parties(); }
+    void reset() { core().reset(); }
+    unsigned parties() const { return core().parties(); }
     /// How many parties wait in the current round.
-    unsigned n_waiting() const noexcept { return core_->n_waiting(); }
-    bool broken() const noexcept { return core_->broken(); }
+    unsigned n_waiting() const { return core().n_waiting(); }
+    bool broken() const { return core().broken(); }
 
     /// wait() without blocking the event-loop thread; see the top of the file.
     /// Example: `unsigned i = co_await b.async_wait();`
@@ -115,12 +120,12 @@ class barrier {
             void abandon() noexcept { core->break_round(t); }
             unsigned result() const noexcept { return t.index; }
         };
-        return detail::async_sync<unsigned>(core_->waits(), core_, attempt{core_},
+        return detail::async_sync<unsigned>(core().waits(), core_, attempt{core_},
                                             std::forward<Token>(token));
     }
 
     /// cereal: travels to a pool worker as its registry token (see coproc/lock.hpp).
-    template <class Archive> void save(Archive& ar) const { ar(core_->token()); }
+    template <class Archive> void save(Archive& ar) const { ar(core().token()); }
     template <class Archive> void load(Archive& ar) {
         std::uint64_t token = 0;
         ar(token);
@@ -128,6 +133,11 @@ class barrier {
     }
 
   private:
+    detail::barrier_core& core() const {
+        if (!core_)
+            detail::throw_empty_handle("barrier");
+        return *core_;
+    }
     std::shared_ptr<detail::barrier_core> core_;
 };
 

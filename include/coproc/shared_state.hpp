@@ -110,16 +110,31 @@ template <class T> class array {
     explicit array(std::size_t n)
         : core_(detail::make_registered<detail::shared_block_core>(
               detail::handle_kind::shared_block, sizeof(T), n)) {}
+    /// An empty handle, to be assigned or loaded (a task argument is decoded into one): no
+    /// elements, and get_lock() throws coproc::error.
+    array() noexcept = default;
 
     /// The elements, unlocked.
-    std::span<T> span() const noexcept { return {static_cast<T*>(core_->data()), core_->count()}; }
+    std::span<T> span() const noexcept {
+        if (!core_)
+            return {};
+        return {static_cast<T*>(core_->data()), core_->count()};
+    }
     T& operator[](std::size_t i) const noexcept { return span()[i]; }
-    std::size_t size() const noexcept { return core_->count(); }
+    std::size_t size() const noexcept { return core_ ? core_->count() : 0; }
     /// An rlock to guard the elements with.
-    rlock get_lock() const { return core_->lock(); }
+    rlock get_lock() const {
+        if (!core_)
+            detail::throw_empty_handle("array");
+        return core_->lock();
+    }
 
     /// cereal: travels to a pool worker as its registry token (see coproc/lock.hpp).
-    template <class Archive> void save(Archive& ar) const { ar(core_->token()); }
+    template <class Archive> void save(Archive& ar) const {
+        if (!core_)
+            detail::throw_empty_handle("array");
+        ar(core_->token());
+    }
     template <class Archive> void load(Archive& ar) {
         std::uint64_t token = 0;
         ar(token);
@@ -139,6 +154,9 @@ class shared_memory {
     /// not exceed it); throws coproc::error if there is none. A name is 1 to 254 characters
     /// without '/' (one leading '/' is allowed and dropped), not "." or "..".
     shared_memory(std::string name, bool create = false, std::size_t size = 0);
+    /// An empty handle, to be assigned or loaded (a task argument is decoded into one); every
+    /// other use throws coproc::error.
+    shared_memory() noexcept = default;
 
     /// The mapped bytes. Throws coproc::error after close().
     std::span<std::byte> buf() const;
@@ -161,6 +179,7 @@ class shared_memory {
 
   private:
     struct impl;
+    impl& get() const;
     std::shared_ptr<impl> impl_;
 };
 

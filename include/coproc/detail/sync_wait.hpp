@@ -34,6 +34,9 @@
 
 namespace coproc::detail {
 
+/// Throws coproc::error: `what` is an empty (default-constructed) handle.
+[[noreturn]] void throw_empty_handle(const char* what);
+
 /// One asynchronous operation parked on a futex word.
 class sync_op {
   public:
