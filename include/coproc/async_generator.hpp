@@ -106,10 +106,11 @@ template <class R> class async_generator<R>::blocking_range {
             return *this;
         }
         void operator++(int) { ++*this; }
-        friend bool operator==(const iterator& i, sentinel) { return !i.r_->current_; }
+        friend bool operator==(const iterator& i, sentinel) { return i.at_end(); }
 
       private:
         friend class blocking_range;
+        bool at_end() const { return !r_->current_; }
         explicit iterator(blocking_range* r) : r_(r) {}
         blocking_range* r_ = nullptr;
     };
@@ -126,6 +127,7 @@ template <class R> class async_generator<R>::blocking_range {
 
   private:
     friend class async_generator;
+    friend class iterator;
     explicit blocking_range(async_generator& g) : gen_(&g) {}
     explicit blocking_range(async_generator&& g)
         : owned_(std::make_unique<async_generator>(std::move(g))), gen_(owned_.get()) {}
