@@ -295,5 +295,6 @@ int main(int argc, char** argv) {
         {"cpu_scaling", "x", cpu_scaling},
     };
     add_channel_workloads(all);
+    add_sync_workloads(all);
     return run_workloads(all, argc, argv);
 }
