@@ -38,6 +38,17 @@ void throw_empty_handle(const char* what) {
                         "arguments first");
 }
 
+void throw_empty_handle(handle_kind kind) {
+    switch (kind) {
+    case handle_kind::barrier:
+        throw_empty_handle("barrier");
+    case handle_kind::shared_block:
+        throw_empty_handle("array");
+    default:
+        throw_empty_handle("handle");
+    }
+}
+
 std::shared_ptr<shared_block_core> load_shared_block(std::uint64_t token, std::size_t elem_size,
                                                      const char* what) {
     auto core = load_registered<shared_block_core>(token, handle_kind::shared_block);

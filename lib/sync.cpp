@@ -442,17 +442,13 @@ bool barrier_core::broken() const noexcept {
 
 } // namespace detail
 
-event::event() : core_(detail::make_registered<detail::event_core>(detail::handle_kind::event)) {}
+event::event() : shared_handle(std::in_place) {}
 
-semaphore::semaphore(unsigned value, bool bounded)
-    : core_(detail::make_registered<detail::semaphore_core>(detail::handle_kind::semaphore, value,
-                                                            bounded)) {}
+semaphore::semaphore(unsigned value, bool bounded) : shared_handle(std::in_place, value, bounded) {}
 
-rlock::rlock() : core_(detail::make_registered<detail::rlock_core>(detail::handle_kind::rlock)) {}
+rlock::rlock() : shared_handle(std::in_place) {}
 
-condition::condition(lock l)
-    : core_(detail::make_registered<detail::condition_core>(detail::handle_kind::condition,
-                                                            std::move(l.core_))) {}
+condition::condition(lock l) : shared_handle(std::in_place, std::move(l.core_)) {}
 
 lock condition::get_lock() const { return lock(core_->lock()); }
 
@@ -493,7 +489,6 @@ bool condition::is_owner_died(const std::exception_ptr& e) noexcept {
     }
 }
 
-barrier::barrier(unsigned parties)
-    : core_(detail::make_registered<detail::barrier_core>(detail::handle_kind::barrier, parties)) {}
+barrier::barrier(unsigned parties) : shared_handle(std::in_place, parties) {}
 
 } // namespace coproc

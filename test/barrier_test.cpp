@@ -199,14 +199,11 @@ TEST_CASE("a cancelled async_wait completes with operation_aborted and breaks th
     coproc::process p(wait_expect_broken, b);
     p.start();
     until_waiting(b, 1);
-    asio::cancellation_signal sig;
-    coproc::test::outcome o;
-    b.async_wait(asio::bind_executor(io, coproc::test::recording(o, sig)));
-    io.run_for(50ms);
-    CHECK_FALSE(o.done);
-    sig.emit(asio::cancellation_type::terminal);
-    coproc::test::run_until_done(io, o, 1000ms);
+    std::chrono::steady_clock::duration took{};
+    auto o = coproc::test::start_and_cancel(
+        io, [&](auto token) { b.async_wait(token); }, took);
     CHECK(o.aborted());
+    CHECK(took < 1s);
     p.join();
     CHECK(p.exitcode() == 7);
     CHECK(b.broken());

@@ -144,15 +144,16 @@ TEST_CASE("a cancelled async_wait holds nothing; a notification it took goes to 
     coproc::array<int> counts(2);
     asio::io_context io;
     auto g = c.get_lock().scoped();
-    asio::cancellation_signal sig;
-    coproc::test::outcome o;
-    c.async_wait(g, asio::bind_executor(io, coproc::test::recording(o, sig)));
-    CHECK_FALSE(g.owns_lock()); // released while waiting
-    io.run_for(50ms);
-    CHECK_FALSE(o.done);
-    sig.emit(asio::cancellation_type::terminal);
-    coproc::test::run_until_done(io, o, 1000ms);
+    std::chrono::steady_clock::duration took{};
+    auto o = coproc::test::start_and_cancel(
+        io,
+        [&](auto token) {
+            c.async_wait(g, token);
+            CHECK_FALSE(g.owns_lock()); // released while waiting
+        },
+        took);
     CHECK(o.aborted());
+    CHECK(took < 1s);
     CHECK_FALSE(g.owns_lock());
     CHECK_FALSE(c.get_lock().locked());
     // A child waits; our notify reaches it (the cancelled waiter is not counted any more).

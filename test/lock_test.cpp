@@ -339,16 +339,11 @@ TEST_CASE("a cancelled async_acquire never holds the lock and leaves no helper t
     CHECK(r.recv() == 1);
     asio::io_context io;
     const int threads = coproc::test::thread_count();
-    asio::cancellation_signal sig;
-    coproc::test::outcome o;
-    l.async_acquire(asio::bind_executor(io, coproc::test::recording(o, sig)));
-    io.run_for(50ms);
-    CHECK_FALSE(o.done);
-    const auto t0 = std::chrono::steady_clock::now();
-    sig.emit(asio::cancellation_type::terminal);
-    coproc::test::run_until_done(io, o, 1000ms);
+    std::chrono::steady_clock::duration took{};
+    auto o = coproc::test::start_and_cancel(
+        io, [&](auto token) { l.async_acquire(token); }, took);
     CHECK(o.aborted());
-    CHECK(std::chrono::steady_clock::now() - t0 < 400ms); // at once, not when the child lets go
+    CHECK(took < 400ms); // at once, not when the child lets go
     CHECK(coproc::test::settle_threads(threads) == threads);
     p.join();
     CHECK_FALSE(l.locked()); // the cancelled acquire did not take it after the child released

@@ -118,12 +118,9 @@ TEST_CASE("a cancelled async_acquire never holds the rlock") {
     asio::io_context io;
     bool cancelled = false;
     std::thread other([&] { // another thread: it must wait, then be cancelled
-        asio::cancellation_signal sig;
-        coproc::test::outcome o;
-        r.async_acquire(asio::bind_executor(io, coproc::test::recording(o, sig)));
-        io.run_for(100ms);
-        sig.emit(asio::cancellation_type::terminal);
-        coproc::test::run_until_done(io, o, 1000ms);
+        std::chrono::steady_clock::duration took{};
+        auto o = coproc::test::start_and_cancel(
+            io, [&](auto token) { r.async_acquire(token); }, took);
         cancelled = o.aborted();
     });
     other.join();

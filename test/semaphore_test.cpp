@@ -137,14 +137,11 @@ TEST_CASE("a cancelled async_acquire takes no count; the semaphore works on") {
     coproc::semaphore s(0);
     asio::io_context io;
     const int threads = coproc::test::thread_count();
-    asio::cancellation_signal sig;
-    coproc::test::outcome o;
-    s.async_acquire(asio::bind_executor(io, coproc::test::recording(o, sig)));
-    io.run_for(50ms);
-    CHECK_FALSE(o.done);
-    sig.emit(asio::cancellation_type::total);
-    coproc::test::run_until_done(io, o, 1000ms);
+    std::chrono::steady_clock::duration took{};
+    auto o = coproc::test::start_and_cancel(
+        io, [&](auto token) { s.async_acquire(token); }, took, asio::cancellation_type::total);
     CHECK(o.aborted());
+    CHECK(took < 1s);
     CHECK(coproc::test::settle_threads(threads) == threads);
     s.release();
     CHECK(s.get_value() == 1); // the cancelled acquire did not take it

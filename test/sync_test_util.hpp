@@ -94,4 +94,25 @@ inline auto recording(outcome& o, asio::cancellation_signal& sig) {
     });
 }
 
+/// Starts an operation with `start(token)` (a callback token on `io`, bound to a cancellation
+/// signal), checks it is still pending after 50 ms, cancels it with `type` and runs `io` until it
+/// completes (1 s at most). `took`: how long it took to complete after the cancellation.
+template <class Start>
+outcome start_and_cancel(asio::io_context& io, Start start,
+                         std::chrono::steady_clock::duration& took,
+                         asio::cancellation_type type = asio::cancellation_type::terminal) {
+    asio::cancellation_signal sig;
+    outcome o;
+    start(asio::bind_executor(io, recording(o, sig)));
+    io.restart();
+    io.run_for(std::chrono::milliseconds(50));
+    CHECK_FALSE(o.done);
+    const auto t0 = std::chrono::steady_clock::now();
+    sig.emit(type);
+    run_until_done(io, o, std::chrono::milliseconds(1000));
+    took = std::chrono::steady_clock::now() - t0;
+    CHECK(o.done);
+    return o;
+}
+
 } // namespace coproc::test

@@ -77,7 +77,7 @@ class barrier_core final : public registered {
 } // namespace detail
 
 /// A barrier shared by processes.
-class barrier {
+class barrier : public detail::shared_handle<detail::barrier_core, detail::handle_kind::barrier> {
   public:
     /// A barrier for `parties` processes (or threads, or coroutines): 1 to 65535.
     explicit barrier(unsigned parties);
@@ -123,22 +123,6 @@ class barrier {
         return detail::async_sync<unsigned>(core().waits(), core_, attempt{core_},
                                             std::forward<Token>(token));
     }
-
-    /// cereal: travels to a pool worker as its registry token (see coproc/lock.hpp).
-    template <class Archive> void save(Archive& ar) const { ar(core().token()); }
-    template <class Archive> void load(Archive& ar) {
-        std::uint64_t token = 0;
-        ar(token);
-        core_ = detail::load_registered<detail::barrier_core>(token, detail::handle_kind::barrier);
-    }
-
-  private:
-    detail::barrier_core& core() const {
-        if (!core_)
-            detail::throw_empty_handle("barrier");
-        return *core_;
-    }
-    std::shared_ptr<detail::barrier_core> core_;
 };
 
 } // namespace coproc

@@ -73,7 +73,8 @@ class condition_core final : public registered {
 } // namespace detail
 
 /// A condition variable shared by processes.
-class condition {
+class condition
+    : public detail::shared_handle<detail::condition_core, detail::handle_kind::condition> {
   public:
     /// A condition over `l` (by default a new lock of its own).
     explicit condition(lock l = {});
@@ -103,15 +104,6 @@ class condition {
                 start_async_wait(std::move(handler), std::move(core), *g);
             },
             token, core_, &g);
-    }
-
-    /// cereal: travels to a pool worker as its registry token (see coproc/lock.hpp).
-    template <class Archive> void save(Archive& ar) const { ar(core_->token()); }
-    template <class Archive> void load(Archive& ar) {
-        std::uint64_t token = 0;
-        ar(token);
-        core_ =
-            detail::load_registered<detail::condition_core>(token, detail::handle_kind::condition);
     }
 
   private:
@@ -159,8 +151,6 @@ class condition {
             asio::bind_cancellation_slot(slot, asio::bind_executor(ex, std::move(then))));
     }
     static bool is_owner_died(const std::exception_ptr& e) noexcept;
-
-    std::shared_ptr<detail::condition_core> core_;
 };
 
 } // namespace coproc

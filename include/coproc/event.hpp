@@ -54,7 +54,7 @@ class event_core final : public registered {
 } // namespace detail
 
 /// A flag shared by processes.
-class event {
+class event : public detail::shared_handle<detail::event_core, detail::handle_kind::event> {
   public:
     /// A new event, clear.
     event();
@@ -75,7 +75,7 @@ class event {
     template <class Token = asio::use_awaitable_t<>> auto async_wait(Token&& token = {}) {
         struct attempt {
             std::shared_ptr<detail::event_core> core;
-            std::optional<std::uint32_t> since;
+            std::optional<std::uint32_t> since{};
             bool operator()(bool) noexcept {
                 if (!since)
                     since = core->stamp();
@@ -85,17 +85,6 @@ class event {
         return detail::async_sync<void>(core_->waits(), core_, attempt{core_},
                                         std::forward<Token>(token));
     }
-
-    /// cereal: travels to a pool worker as its registry token (see coproc/lock.hpp).
-    template <class Archive> void save(Archive& ar) const { ar(core_->token()); }
-    template <class Archive> void load(Archive& ar) {
-        std::uint64_t token = 0;
-        ar(token);
-        core_ = detail::load_registered<detail::event_core>(token, detail::handle_kind::event);
-    }
-
-  private:
-    std::shared_ptr<detail::event_core> core_;
 };
 
 } // namespace coproc

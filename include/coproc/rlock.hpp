@@ -65,7 +65,7 @@ class rlock_core final : public registered {
 using rlock_guard = detail::release_guard<detail::rlock_core>;
 
 /// A re-entrant lock shared by processes.
-class rlock {
+class rlock : public detail::shared_handle<detail::rlock_core, detail::handle_kind::rlock> {
   public:
     /// A new, unlocked rlock.
     rlock();
@@ -102,14 +102,6 @@ class rlock {
                                                std::forward<Token>(token));
     }
 
-    /// cereal: travels to a pool worker as its registry token (see coproc/lock.hpp).
-    template <class Archive> void save(Archive& ar) const { ar(core_->token()); }
-    template <class Archive> void load(Archive& ar) {
-        std::uint64_t token = 0;
-        ar(token);
-        core_ = detail::load_registered<detail::rlock_core>(token, detail::handle_kind::rlock);
-    }
-
   private:
     template <bool Scoped> struct attempt {
         std::shared_ptr<detail::rlock_core> core;
@@ -120,7 +112,6 @@ class rlock {
         }
         rlock_guard result() { return rlock_guard(core); }
     };
-    std::shared_ptr<detail::rlock_core> core_;
 };
 
 } // namespace coproc

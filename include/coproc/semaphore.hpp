@@ -60,7 +60,8 @@ class semaphore_core final : public registered {
 using semaphore_guard = detail::release_guard<detail::semaphore_core>;
 
 /// A counting semaphore shared by processes.
-class semaphore {
+class semaphore
+    : public detail::shared_handle<detail::semaphore_core, detail::handle_kind::semaphore> {
   public:
     /// A semaphore whose count starts at `value` (at most 2^31 - 1).
     explicit semaphore(unsigned value = 1) : semaphore(value, false) {}
@@ -97,20 +98,8 @@ class semaphore {
                                         std::forward<Token>(token));
     }
 
-    /// cereal: travels to a pool worker as its registry token (see coproc/lock.hpp).
-    template <class Archive> void save(Archive& ar) const { ar(core_->token()); }
-    template <class Archive> void load(Archive& ar) {
-        std::uint64_t token = 0;
-        ar(token);
-        core_ =
-            detail::load_registered<detail::semaphore_core>(token, detail::handle_kind::semaphore);
-    }
-
   protected:
     semaphore(unsigned value, bool bounded);
-
-  private:
-    std::shared_ptr<detail::semaphore_core> core_;
 };
 
 /// A semaphore whose release() may not raise the count above its initial value.

@@ -57,92 +57,77 @@ std::shared_ptr<shared_block_core> load_shared_block(std::uint64_t token, std::s
 
 } // namespace detail
 
-/// A T in shared memory (Python's Value).
-template <class T> class value {
+namespace detail {
+
+/// What value<T> and array<T> share: a block of Ts, travelling as its registry token.
+template <class T> class block_handle {
     static_assert(std::is_trivially_copyable_v<T>,
-                  "coproc::value<T> needs a trivially copyable T: it lives in shared memory as "
-                  "bytes, which no constructor, destructor or pointer survives");
+                  "coproc::value<T> and coproc::array<T> need a trivially copyable T: it lives in "
+                  "shared memory as bytes, which no constructor, destructor or pointer survives");
 
   public:
+    /// An rlock that guards the contents (Python's get_lock()).
+    rlock get_lock() const { return block().lock(); }
+
+    /// cereal: travels to a pool worker as its registry token (see coproc/lock.hpp).
+    template <class Archive> void save(Archive& ar) const { ar(block().token()); }
+    template <class Archive> void load(Archive& ar) {
+        std::uint64_t token = 0;
+        ar(token);
+        core_ = load_shared_block(token, sizeof(T), "value/array");
+    }
+
+  protected:
+    block_handle() noexcept = default;
+    explicit block_handle(std::size_t n)
+        : core_(make_registered<shared_block_core>(handle_kind::shared_block, sizeof(T), n)) {}
+    shared_block_core& block() const {
+        if (!core_)
+            throw_empty_handle(handle_kind::shared_block);
+        return *core_;
+    }
+    T* data() const noexcept { return core_ ? static_cast<T*>(core_->data()) : nullptr; }
+    std::shared_ptr<shared_block_core> core_;
+};
+
+} // namespace detail
+
+/// A T in shared memory (Python's Value).
+template <class T> class value : public detail::block_handle<T> {
+  public:
     /// A value holding `init`.
-    explicit value(T init = {})
-        : core_(detail::make_registered<detail::shared_block_core>(
-              detail::handle_kind::shared_block, sizeof(T), 1)) {
-        std::memcpy(core_->data(), &init, sizeof(T));
+    explicit value(T init = {}) : detail::block_handle<T>(1) {
+        std::memcpy(this->data(), &init, sizeof(T));
     }
 
     /// The value, read under get_lock().
     T load() const {
-        auto g = core_->lock().scoped();
+        auto g = this->block().lock().scoped();
         T v;
-        std::memcpy(&v, core_->data(), sizeof(T));
+        std::memcpy(&v, this->data(), sizeof(T));
         return v;
     }
-    /// Replaces the value under get_lock().
+    /// Replaces the value under get_lock() (hold that across a load() and store()).
     void store(const T& v) {
-        auto g = core_->lock().scoped();
-        std::memcpy(core_->data(), &v, sizeof(T));
+        auto g = this->block().lock().scoped();
+        std::memcpy(this->data(), &v, sizeof(T));
     }
-    /// The rlock that guards the value (hold it across a load() and store()).
-    rlock get_lock() const { return core_->lock(); }
     /// The shared T itself, unlocked (Python's get_obj()).
-    T* get() const noexcept { return static_cast<T*>(core_->data()); }
-
-    /// cereal: travels to a pool worker as its registry token (see coproc/lock.hpp).
-    template <class Archive> void save(Archive& ar) const { ar(core_->token()); }
-    template <class Archive> void load(Archive& ar) {
-        std::uint64_t token = 0;
-        ar(token);
-        core_ = detail::load_shared_block(token, sizeof(T), "value");
-    }
-
-  private:
-    std::shared_ptr<detail::shared_block_core> core_;
+    T* get() const noexcept { return this->data(); }
 };
 
 /// `n` Ts in shared memory, zero-filled (Python's Array).
-template <class T> class array {
-    static_assert(std::is_trivially_copyable_v<T>,
-                  "coproc::array<T> needs a trivially copyable T: it lives in shared memory as "
-                  "bytes, which no constructor, destructor or pointer survives");
-
+template <class T> class array : public detail::block_handle<T> {
   public:
-    explicit array(std::size_t n)
-        : core_(detail::make_registered<detail::shared_block_core>(
-              detail::handle_kind::shared_block, sizeof(T), n)) {}
+    explicit array(std::size_t n) : detail::block_handle<T>(n) {}
     /// An empty handle, to be assigned or loaded (a task argument is decoded into one): no
     /// elements, and get_lock() throws coproc::error.
     array() noexcept = default;
 
     /// The elements, unlocked.
-    std::span<T> span() const noexcept {
-        if (!core_)
-            return {};
-        return {static_cast<T*>(core_->data()), core_->count()};
-    }
+    std::span<T> span() const noexcept { return {this->data(), size()}; }
     T& operator[](std::size_t i) const noexcept { return span()[i]; }
-    std::size_t size() const noexcept { return core_ ? core_->count() : 0; }
-    /// An rlock to guard the elements with.
-    rlock get_lock() const {
-        if (!core_)
-            detail::throw_empty_handle("array");
-        return core_->lock();
-    }
-
-    /// cereal: travels to a pool worker as its registry token (see coproc/lock.hpp).
-    template <class Archive> void save(Archive& ar) const {
-        if (!core_)
-            detail::throw_empty_handle("array");
-        ar(core_->token());
-    }
-    template <class Archive> void load(Archive& ar) {
-        std::uint64_t token = 0;
-        ar(token);
-        core_ = detail::load_shared_block(token, sizeof(T), "array");
-    }
-
-  private:
-    std::shared_ptr<detail::shared_block_core> core_;
+    std::size_t size() const noexcept { return this->core_ ? this->core_->count() : 0; }
 };
 
 /// Named POSIX shared memory (Python's SharedMemory).

@@ -16,6 +16,8 @@
 // runs.
 #pragma once
 
+#include <coproc/detail/handle.hpp>
+
 #include <asio/associated_cancellation_slot.hpp>
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
@@ -36,6 +38,32 @@ namespace coproc::detail {
 
 /// Throws coproc::error: `what` is an empty (default-constructed) handle.
 [[noreturn]] void throw_empty_handle(const char* what);
+[[noreturn]] void throw_empty_handle(handle_kind kind);
+
+/// Base of the handles of the futex primitives: the shared core, and cereal save/load as the
+/// core's registry token (see coproc/lock.hpp).
+template <class Core, handle_kind Kind> class shared_handle {
+  public:
+    template <class Archive> void save(Archive& ar) const { ar(core().token()); }
+    template <class Archive> void load(Archive& ar) {
+        std::uint64_t token = 0;
+        ar(token);
+        core_ = load_registered<Core>(token, Kind);
+    }
+
+  protected:
+    shared_handle() noexcept = default;
+    template <class... Args>
+    explicit shared_handle(std::in_place_t, Args&&... args)
+        : core_(make_registered<Core>(Kind, std::forward<Args>(args)...)) {}
+    /// The core; throws coproc::error for an empty (default-constructed) handle.
+    Core& core() const {
+        if (!core_)
+            throw_empty_handle(Kind);
+        return *core_;
+    }
+    std::shared_ptr<Core> core_;
+};
 
 /// One asynchronous operation parked on a futex word.
 class sync_op {
