@@ -37,10 +37,12 @@ void add_to_all(coproc::array<int> a, int n) {
     }
 }
 
-int fill_part(coproc::array<int> a, int part, int parts) {
+int fill_part(coproc::array<int> a, coproc::value<int> done, int part, int parts) {
     const auto n = a.size() / static_cast<std::size_t>(parts);
     for (std::size_t i = 0; i < n; ++i)
         a[static_cast<std::size_t>(part) * n + i] = part * 1000 + static_cast<int>(i);
+    auto g = done.get_lock().scoped();
+    done.store(done.load() + 1);
     return part;
 }
 
@@ -95,16 +97,18 @@ TEST_CASE("array: zero-filled; 4 processes x 5k whole-array increments under the
         CHECK(x == 20'000);
 }
 
-TEST_CASE("pool workers fill an array made before the pool, in place") {
+TEST_CASE("pool workers fill an array made before the pool, in place, and count in a value") {
     watchdog dog(60s);
     coproc::array<int> a(400);
+    coproc::value<int> done(0);
     coproc::pool pool(2);
-    std::vector<std::tuple<coproc::array<int>, int, int>> parts;
+    std::vector<std::tuple<coproc::array<int>, coproc::value<int>, int, int>> parts;
     for (int p = 0; p < 4; ++p)
-        parts.emplace_back(a, p, 4);
+        parts.emplace_back(a, done, p, 4);
     CHECK(pool.starmap_async(fill_part, parts).get() == std::vector<int>{0, 1, 2, 3});
     for (std::size_t i = 0; i < 400; ++i)
         CHECK(a[i] == static_cast<int>((i / 100) * 1000 + i % 100));
+    CHECK(done.load() == 4);
 }
 
 TEST_CASE("shared_memory: create, attach from another process, unlink") {

@@ -114,6 +114,8 @@ template <class T> class value : public detail::block_handle<T> {
     }
     /// The shared T itself, unlocked (Python's get_obj()).
     T* get() const noexcept { return this->data(); }
+
+    using detail::block_handle<T>::load; // cereal's, beside load() of the value
 };
 
 /// `n` Ts in shared memory, zero-filled (Python's Array).
