@@ -126,7 +126,7 @@ TEST_CASE("misuse throws coproc::error: notify without the lock, wait with anoth
 COPROC_TEST_CASE("async_wait: woken by a child's notify_all while the loop runs") {
     coproc::condition c;
     auto g = co_await c.get_lock().async_scoped();
-    coproc::process p(notify_after, c, 300);
+    coproc::process p(notify_after, c, 1000);
     p.start();
     coproc::test::progress pr;
     asio::co_spawn(io, wait_async(c, &g, &pr), asio::detached);

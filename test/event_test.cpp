@@ -116,7 +116,7 @@ COPROC_TEST_CASE("1000 coroutines async_wait while a child sets it later; the lo
     coproc::test::progress pr;
     for (int i = 0; i < 1000; ++i)
         asio::co_spawn(io, wait_and_count(e, &pr), asio::detached);
-    coproc::process p(set_after, e, 300);
+    coproc::process p(set_after, e, 1000);
     p.start();
     co_await coproc::test::tick_until(io, pr, 1000);
     CHECK(pr.done == 1000);

@@ -268,7 +268,7 @@ TEST_CASE("each forked process holds the lock under its own pid, grandchildren t
 COPROC_TEST_CASE("1000 coroutines async_acquire while another process holds it; the loop runs") {
     coproc::lock l;
     auto [r, w] = coproc::pipe<int>(false);
-    coproc::process p(hold_for, l, w, 300);
+    coproc::process p(hold_for, l, w, 1000);
     p.start();
     CHECK(co_await r.async_recv() == 1);
     progress pr;
@@ -281,7 +281,8 @@ COPROC_TEST_CASE("1000 coroutines async_acquire while another process holds it; 
         ++pr.ticks;
     }
     CHECK(pr.done == 1000);
-    CHECK(pr.ticks_before_first >= 20); // the loop kept running while the child held the lock
+    CHECK(pr.ticks_before_first >=
+          20); // the loop kept running (ideally 200 ticks) while the child held the lock
     co_await p.async_join();
     CHECK(p.exitcode() == 0);
 }
@@ -334,7 +335,7 @@ TEST_CASE("a cancelled async_acquire never holds the lock and leaves no helper t
     watchdog dog(30s);
     coproc::lock l;
     auto [r, w] = coproc::pipe<int>(false);
-    coproc::process p(hold_for, l, w, 500);
+    coproc::process p(hold_for, l, w, 2000);
     p.start();
     CHECK(r.recv() == 1);
     asio::io_context io;
@@ -343,7 +344,7 @@ TEST_CASE("a cancelled async_acquire never holds the lock and leaves no helper t
     auto o = coproc::test::start_and_cancel(
         io, [&](auto token) { l.async_acquire(token); }, took);
     CHECK(o.aborted());
-    CHECK(took < 400ms); // at once, not when the child lets go
+    CHECK(took < 1s); // at once, not when the child lets go
     CHECK(coproc::test::settle_threads(threads) == threads);
     p.join();
     CHECK_FALSE(l.locked()); // the cancelled acquire did not take it after the child released

@@ -123,7 +123,7 @@ COPROC_TEST_CASE("1000 coroutines async_acquire counts a child releases later; t
     coproc::test::progress pr;
     for (int i = 0; i < 1000; ++i)
         asio::co_spawn(io, take_and_count(s, &pr), asio::detached);
-    coproc::process p(release_after, s, 300, 1000u);
+    coproc::process p(release_after, s, 1000, 1000u);
     p.start();
     co_await coproc::test::tick_until(io, pr, 1000);
     CHECK(pr.done == 1000);

@@ -139,41 +139,17 @@ class lock {
     std::shared_ptr<detail::lock_core> core_;
 };
 
-/// Holds a lock until destroyed or release()d. Move-only.
-class lock_guard {
+/// Holds a lock until destroyed or release()d. Move-only: release(), owns_lock().
+class lock_guard : public detail::release_guard<detail::lock_core> {
   public:
     lock_guard() noexcept = default;
-    lock_guard(lock_guard&& o) noexcept : core_(std::move(o.core_)) {}
-    lock_guard& operator=(lock_guard&& o) noexcept {
-        if (this != &o) {
-            unlock_quietly();
-            core_ = std::move(o.core_);
-        }
-        return *this;
-    }
-    ~lock_guard() { unlock_quietly(); }
-
-    /// Releases the lock now (the guard then holds nothing).
-    void release() {
-        if (auto c = std::move(core_))
-            c->release();
-    }
-    /// Whether the guard still holds its lock.
-    bool owns_lock() const noexcept { return core_ != nullptr; }
 
   private:
     friend class lock;
     friend class condition;
     friend struct detail::lock_attempt<true>;
     explicit lock_guard(std::shared_ptr<detail::lock_core> core) noexcept
-        : core_(std::move(core)) {}
-    void unlock_quietly() noexcept {
-        try {
-            release();
-        } catch (...) { // released by someone else meanwhile: nothing left to do
-        }
-    }
-    std::shared_ptr<detail::lock_core> core_;
+        : release_guard(std::move(core)) {}
 };
 
 inline lock_guard lock::scoped() {

@@ -215,6 +215,9 @@ template <class Core> class release_guard {
     /// Whether the guard still holds.
     bool owns_lock() const noexcept { return core_ != nullptr; }
 
+  protected:
+    std::shared_ptr<Core> core_;
+
   private:
     void unlock_quietly() noexcept {
         try {
@@ -222,7 +225,6 @@ template <class Core> class release_guard {
         } catch (...) { // released by someone else meanwhile: nothing left to do
         }
     }
-    std::shared_ptr<Core> core_;
 };
 
 } // namespace coproc::detail
