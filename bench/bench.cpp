@@ -296,5 +296,6 @@ int main(int argc, char** argv) {
     };
     add_channel_workloads(all);
     add_cancel_workloads(all);
+    add_sync_workloads(all);
     return run_workloads(all, argc, argv);
 }

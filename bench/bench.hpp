@@ -29,6 +29,8 @@ void run_on_loop(std::function<asio::awaitable<void>(asio::io_context&)> body);
 
 /// The queue, pipe and lock workloads (channels.cpp).
 void add_channel_workloads(std::vector<workload>& all);
+/// The event and semaphore workloads (sync.cpp).
+void add_sync_workloads(std::vector<workload>& all);
 
 /// The cancellation workloads (cancel.cpp).
 void add_cancel_workloads(std::vector<workload>& all);

@@ -29,6 +29,7 @@ enum class code : std::uint32_t {
     underflow_error,
     system_error,
     coproc_error,
+    broken_barrier,
 };
 
 std::string demangle(const char* name) {
@@ -51,6 +52,7 @@ code classify(const std::exception& e) {
     if (t == typeid(std::underflow_error)) return code::underflow_error;
     if (t == typeid(std::system_error)) return code::system_error;
     if (t == typeid(coproc::error)) return code::coproc_error;
+    if (t == typeid(coproc::broken_barrier)) return code::broken_barrier;
     return code::remote;
 }
 
@@ -119,6 +121,7 @@ std::exception_ptr decode_exception(std::span<const char> payload, std::string_v
         return std::make_exception_ptr(rebuilt(ec, what));
     }
     case code::coproc_error: return make<coproc::error>(what);
+    case code::broken_barrier: return make<coproc::broken_barrier>(what);
     case code::remote: return std::make_exception_ptr(remote_error(type, what));
     }
     return std::make_exception_ptr(remote_error(type, what));

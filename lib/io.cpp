@@ -74,6 +74,18 @@ const char* kind_name(handle_kind k) {
         return "connection";
     case handle_kind::lock:
         return "lock";
+    case handle_kind::event:
+        return "event";
+    case handle_kind::semaphore:
+        return "semaphore";
+    case handle_kind::rlock:
+        return "rlock";
+    case handle_kind::condition:
+        return "condition";
+    case handle_kind::barrier:
+        return "barrier";
+    case handle_kind::shared_block:
+        return "value";
     }
     return "handle";
 }

@@ -12,8 +12,11 @@
 // lock itself); an acquirer that finds the word taken spins spin_limit rounds before it sleeps.
 // Limitation: if a dead holder's pid is reused by a new process while the lock is held, the lock
 // looks alive (pid_max makes that rare).
+//
+// async_acquire parks on the lock's sync_waits (sync_wait.cpp): its helper thread sets the
+// waiters bit before it sleeps, like any waiter, and takes the lock with the bit kept.
 #include <coproc/lock.hpp>
-#include "io.hpp"
+#include "sync_common.hpp"
 
 #include <cerrno>
 #include <poll.h>
@@ -30,12 +33,17 @@ namespace {
 
 constexpr std::uint32_t waiters_bit = 1u << 31;
 constexpr std::uint32_t pid_mask = ~waiters_bit;
-constexpr auto liveness_period = std::chrono::milliseconds(50);
 constexpr int spin_limit = 64;
 
 std::uint32_t self_id() noexcept { return this_pid(); }
 
-/// Whether process `pid` has exited (or never existed).
+[[noreturn]] void throw_owner_died(std::uint32_t pid) {
+    throw owner_died("lock: its holder (pid " + std::to_string(pid) +
+                     ") died while holding it; the caller now holds the lock");
+}
+
+} // namespace
+
 bool exited(std::uint32_t pid) noexcept {
     const int fd = open_pidfd(static_cast<pid_t>(pid));
     if (fd < 0)
@@ -46,17 +54,9 @@ bool exited(std::uint32_t pid) noexcept {
     return gone;
 }
 
-[[noreturn]] void throw_owner_died(std::uint32_t pid) {
-    throw owner_died("lock: its holder (pid " + std::to_string(pid) +
-                     ") died while holding it; the caller now holds the lock");
-}
-
-} // namespace
-
 lock_core::lock_core()
-    : word_(static_cast<std::atomic<std::uint32_t>*>(
-          map_shared(sizeof(std::atomic<std::uint32_t>), "mmap of a lock failed"))),
-      runner_(std::make_unique<blocking_runner>()) {}
+    : word_(map_shared_object<std::atomic<std::uint32_t>>("mmap of a lock failed", 0u)),
+      waits_(*word_, [this] { return prepare(); }) {}
 
 lock_core::~lock_core() { ::munmap(word_, sizeof *word_); }
 
@@ -133,12 +133,32 @@ void lock_core::release() {
         futex_wake(*word_, 1);
 }
 
-asio::awaitable<void> lock_core::async_acquire(std::shared_ptr<lock_core> self) {
-    if (self->try_take(self_id()))
-        co_return;
-    // Made outside the co_await: g++ 12 destroys a capturing lambda in a co_await twice.
-    auto acquired = self->runner_->run([self] { self->acquire_until(std::nullopt); });
-    co_await std::move(acquired);
+bool lock_core::locked() const noexcept { return word_->load(std::memory_order_relaxed) != 0; }
+
+bool lock_core::held_here() const noexcept {
+    return (word_->load(std::memory_order_relaxed) & pid_mask) == self_id();
+}
+
+// Before the helper sleeps: the bit that makes release() wake it.
+std::uint32_t lock_core::prepare() noexcept {
+    std::uint32_t v = word_->load(std::memory_order_relaxed);
+    if (v != 0 && !(v & waiters_bit) &&
+        !word_->compare_exchange_strong(v, v | waiters_bit, std::memory_order_relaxed))
+        return v; // changed meanwhile: the wait returns at once and the helper tries again
+    return v == 0 ? 0 : v | waiters_bit;
+}
+
+bool lock_core::attempt(bool timed_out, bool first) {
+    const std::uint32_t me = self_id();
+    if (first)
+        return try_take(me);
+    std::uint32_t v = word_->load(std::memory_order_relaxed);
+    if (v == 0)
+        return word_->compare_exchange_strong(v, me | waiters_bit, std::memory_order_acquire,
+                                              std::memory_order_relaxed);
+    if (timed_out)
+        take_over_if_dead(v, me);
+    return false;
 }
 
 } // namespace detail

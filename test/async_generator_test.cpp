@@ -1,8 +1,8 @@
 // Test that header file is self-contained.
-#include "tasks.hpp"
-#include "test_util.hpp"
 #include <coproc/async_generator.hpp>
 #include <coproc/pool.hpp>
+#include "tasks.hpp"
+#include "test_util.hpp"
 
 #include <asio/use_awaitable.hpp>
 
@@ -232,6 +232,64 @@ COPROC_TEST_CASE("imap on a closed or terminated pool throws pool_closed") {
     pool.terminate();
     CHECK_THROWS_AS(co_await g.next(), coproc::pool_closed);
     co_await pool.async_join();
+}
+
+TEST_SUITE_END();
+
+TEST_SUITE_BEGIN("pool");
+
+TEST_CASE("blocking(): a plain thread iterates imap in order, the generator taken over") {
+    coproc::test::watchdog dog(60s);
+    coproc::pool pool(2);
+    std::vector<int> xs(50);
+    std::iota(xs.begin(), xs.end(), 0);
+    std::vector<int> got;
+    for (auto& v : pool.imap(tasks::square, xs, 3).blocking())
+        got.push_back(v);
+    std::vector<int> want;
+    for (int x : xs)
+        want.push_back(x * x);
+    CHECK(got == want);
+    auto unordered = pool.imap_unordered(tasks::square, xs);
+    std::set<int> seen;
+    for (int v : unordered.blocking()) // an lvalue: the range refers to it
+        seen.insert(v);
+    CHECK(seen.size() == xs.size());
+}
+
+TEST_CASE("blocking(): a task's exception reaches the loop at its position") {
+    coproc::test::watchdog dog(60s);
+    coproc::pool pool(2);
+    std::vector<int> xs{1, 2, 3, 4, 5, 6, 7};
+    std::vector<int> got;
+    auto gen = pool.imap(fail_at_5, xs);
+    auto range = gen.blocking();
+    try {
+        for (int v : range)
+            got.push_back(v);
+        FAIL("no exception");
+    } catch (const std::invalid_argument& e) {
+        CHECK(std::string(e.what()) == "five");
+    }
+    CHECK(got == std::vector<int>{1, 2, 3, 4});
+}
+
+TEST_CASE("blocking() on the pool's own loop thread throws coproc::error") {
+    coproc::test::watchdog dog(60s);
+    asio::io_context io;
+    coproc::pool pool(io.get_executor(), {.processes = 1});
+    std::vector<int> xs{1, 2, 3};
+    std::string message;
+    asio::post(io, [&] {
+        try {
+            for (int v : pool.imap(tasks::square, xs).blocking())
+                static_cast<void>(v);
+        } catch (const coproc::error& e) {
+            message = e.what();
+        }
+    });
+    io.run_for(5s);
+    CHECK(message.find("would deadlock") != std::string::npos);
 }
 
 TEST_SUITE_END();

@@ -1,14 +1,18 @@
 // Test that header file is self-contained.
-#include "test_util.hpp"
 #include <coproc/lock.hpp>
 #include <coproc/pipe.hpp>
 #include <coproc/pool.hpp>
 #include <coproc/process.hpp>
+#include "sync_test_util.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/experimental/deferred.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
+#include <asio/use_future.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -264,7 +268,7 @@ TEST_CASE("each forked process holds the lock under its own pid, grandchildren t
 COPROC_TEST_CASE("1000 coroutines async_acquire while another process holds it; the loop runs") {
     coproc::lock l;
     auto [r, w] = coproc::pipe<int>(false);
-    coproc::process p(hold_for, l, w, 300);
+    coproc::process p(hold_for, l, w, 1000);
     p.start();
     CHECK(co_await r.async_recv() == 1);
     progress pr;
@@ -277,7 +281,8 @@ COPROC_TEST_CASE("1000 coroutines async_acquire while another process holds it; 
         ++pr.ticks;
     }
     CHECK(pr.done == 1000);
-    CHECK(pr.ticks_before_first >= 20); // the loop kept running while the child held the lock
+    CHECK(pr.ticks_before_first >=
+          20); // the loop kept running (ideally 200 ticks) while the child held the lock
     co_await p.async_join();
     CHECK(p.exitcode() == 0);
 }
@@ -308,6 +313,133 @@ TEST_CASE("a lock made before the pool is the same lock in its workers") {
     } catch (const coproc::error& e) {
         CHECK(std::string(e.what()).find("create it before the pool") != std::string::npos);
     }
+}
+
+TEST_CASE("locked() tells whether anyone holds the lock") {
+    watchdog dog(30s);
+    coproc::lock l;
+    CHECK_FALSE(l.locked());
+    auto [r, w] = coproc::pipe<int>(false);
+    coproc::process p(hold_for, l, w, 200);
+    p.start();
+    CHECK(r.recv() == 1);
+    CHECK(l.locked());
+    p.join();
+    CHECK_FALSE(l.locked());
+    l.acquire();
+    CHECK(l.locked());
+    l.release();
+}
+
+TEST_CASE("a cancelled async_acquire never holds the lock and leaves no helper thread") {
+    watchdog dog(30s);
+    coproc::lock l;
+    auto [r, w] = coproc::pipe<int>(false);
+    coproc::process p(hold_for, l, w, 2000);
+    p.start();
+    CHECK(r.recv() == 1);
+    asio::io_context io;
+    const int threads = coproc::test::thread_count();
+    std::chrono::steady_clock::duration took{};
+    auto o = coproc::test::start_and_cancel(
+        io, [&](auto token) { l.async_acquire(token); }, took);
+    CHECK(o.aborted());
+    CHECK(took < 1s); // at once, not when the child lets go
+    CHECK(coproc::test::settle_threads(threads) == threads);
+    p.join();
+    CHECK_FALSE(l.locked()); // the cancelled acquire did not take it after the child released
+    CHECK(l.try_acquire());
+    l.release();
+}
+
+TEST_CASE("cancelling async_acquire many times while another process holds and releases") {
+    watchdog dog(60s);
+    coproc::lock l;
+    asio::io_context io;
+    auto [r, w] = coproc::pipe<int>(false);
+    coproc::process p(hold_for, l, w, 300);
+    p.start();
+    CHECK(r.recv() == 1);
+    int aborted = 0, acquired = 0;
+    // Race cancellations against the release: each op either acquires (then releases) or is
+    // aborted holding nothing.
+    for (int i = 0; i < 200; ++i) {
+        asio::cancellation_signal sig;
+        coproc::test::outcome o;
+        l.async_acquire(asio::bind_executor(io, coproc::test::recording(o, sig)));
+        io.restart();
+        io.run_for(std::chrono::milliseconds(i % 5));
+        sig.emit(asio::cancellation_type::terminal);
+        coproc::test::run_until_done(io, o, 2000ms);
+        REQUIRE(o.done);
+        if (o.error) {
+            CHECK(o.aborted());
+            ++aborted;
+        } else {
+            ++acquired;
+            l.release();
+        }
+    }
+    p.join();
+    CHECK(aborted + acquired == 200);
+    CHECK_FALSE(l.locked());
+}
+
+TEST_CASE("async_acquire takes any completion token") {
+    watchdog dog(30s);
+    coproc::lock l;
+    asio::io_context io;
+    auto work = asio::make_work_guard(io);
+    std::thread loop([&] { io.run(); });
+    auto f = l.async_acquire(asio::bind_executor(io, asio::use_future));
+    f.get();
+    CHECK(l.locked());
+    auto second = l.async_acquire(asio::bind_executor(io, asio::use_future));
+    CHECK(second.wait_for(50ms) == std::future_status::timeout);
+    l.release();
+    second.get(); // the parked one got it
+    l.release();
+    std::promise<bool> got;
+    l.async_scoped(asio::bind_executor(io, [&](std::exception_ptr e, coproc::lock_guard g) {
+        got.set_value(!e && g.owns_lock());
+    }));
+    CHECK(got.get_future().get());
+    for (int i = 0; i < 500 && l.locked(); ++i) // the guard goes when the handler returns
+        std::this_thread::sleep_for(1ms);
+    CHECK_FALSE(l.locked());
+    auto op = l.async_acquire(asio::experimental::deferred);
+    CHECK_FALSE(l.locked()); // deferred: nothing until it is started
+    std::move(op)(asio::bind_executor(io, asio::use_future)).get();
+    CHECK(l.locked());
+    l.release();
+    auto t = asio::co_spawn(
+        io,
+        [l]() mutable -> asio::awaitable<bool> {
+            auto [e, g] =
+                co_await l.async_scoped(asio::experimental::as_tuple(asio::use_awaitable));
+            co_return !e && g.owns_lock();
+        },
+        asio::use_future);
+    CHECK(t.get());
+    work.reset();
+    loop.join();
+}
+
+COPROC_TEST_CASE("async_acquire || a timer: the timer wins while another process holds it") {
+    using namespace asio::experimental::awaitable_operators;
+    coproc::lock l;
+    auto [r, w] = coproc::pipe<int>(false);
+    coproc::process p(hold_for, l, w, 500);
+    p.start();
+    CHECK(co_await r.async_recv() == 1);
+    asio::steady_timer t(io);
+    t.expires_after(100ms);
+    auto acquire = l.async_acquire();
+    auto timeout = t.async_wait(asio::use_awaitable);
+    auto which = co_await (std::move(acquire) || std::move(timeout));
+    CHECK(which.index() == 1);
+    co_await p.async_join();
+    CHECK_FALSE(l.locked());
 }
 
 TEST_SUITE_END();

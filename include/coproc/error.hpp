@@ -7,15 +7,16 @@
 //   timeout_error         a task exceeded pool_options::task_timeout, or a *_for call timed out
 //   eof_error             the other end of a pipe or queue was closed
 //   owner_died            a lock's previous holder died; the caller now holds the lock
+//   broken_barrier        a barrier was aborted, reset, timed out or lost a party while waiting
 //
 // Exceptions thrown by a task that are std::logic_error, std::runtime_error or one of their
 // standard subclasses reach the caller as that same type, with the same what().
 #pragma once
 
-#include <string>
-#include <sys/types.h>
 #include <stdexcept>
+#include <string>
 #include <string_view>
+#include <sys/types.h>
 
 namespace coproc {
 
@@ -75,6 +76,14 @@ class eof_error : public error {
 /// The previous holder of a lock died while holding it. The lock is now held by the caller,
 /// who should repair whatever the lock protects before releasing it.
 class owner_died : public error {
+  public:
+    using error::error;
+};
+
+/// A barrier broke while (or before) the caller waited on it: abort(), reset(), a wait_for()
+/// that timed out, a cancelled async_wait(), or a party that died waiting (Python's
+/// BrokenBarrierError).
+class broken_barrier : public error {
   public:
     using error::error;
 };

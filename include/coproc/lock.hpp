@@ -4,6 +4,7 @@
 //   l.acquire(); ...; l.release();               { auto g = l.scoped(); ... } // released
 //   l.try_acquire()   l.acquire_for(100ms)
 //   co_await l.async_acquire();                  auto g = co_await l.async_scoped();
+//   l.async_acquire(asio::bind_cancellation_slot(slot, token));   l.locked()
 //
 // A lock is a handle: copies refer to the same lock, in this process and in every process
 // forked after it was made (a `process` target, a pool worker). Pass it to a pool task as an
@@ -13,12 +14,19 @@
 // The lock is held by a process, not a thread (as Python's): any thread of the holder may
 // release it; it is not recursive. If the holder dies, the next acquirer gets coproc::owner_died
 // (once), and then holds the lock. A dead holder is noticed within about 50 ms.
+//
+// async_acquire and async_scoped are Asio asynchronous operations (any completion token, the
+// default asio::use_awaitable). Cancellation (any asio::cancellation_type, through the handler's
+// cancellation slot) completes the operation at once with std::system_error(operation_aborted),
+// and a cancelled acquire never ends up holding the lock.
 #pragma once
 
 #include <coproc/detail/handle.hpp>
+#include <coproc/detail/sync_wait.hpp>
 #include <coproc/error.hpp>
 
 #include <asio/awaitable.hpp>
+#include <asio/use_awaitable.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -33,8 +41,6 @@ class lock_guard;
 
 namespace detail {
 
-class blocking_runner;
-
 /// The shared state of a lock: a futex word in shared memory holding the holder's pid.
 class lock_core final : public registered {
   public:
@@ -44,15 +50,31 @@ class lock_core final : public registered {
     bool acquire_until(std::optional<clock::time_point> deadline);
     bool try_acquire();
     void release();
-    /// A coroutine that owns `self`, so the lock may be destroyed while it waits.
-    static asio::awaitable<void> async_acquire(std::shared_ptr<lock_core> self);
-    static asio::awaitable<lock_guard> async_scoped(std::shared_ptr<lock_core> self);
+    bool locked() const noexcept;
+    /// Whether this process holds the lock.
+    bool held_here() const noexcept;
+    /// One step of an asynchronous acquire (see sync_waits): takes the lock if it is free (a
+    /// `first` attempt as a fresh acquirer, later ones as a woken waiter); after a timed-out
+    /// wait, takes it over from a dead holder and throws owner_died.
+    bool attempt(bool timed_out, bool first);
+    sync_waits& waits() noexcept { return waits_; }
 
   private:
+    std::uint32_t prepare() noexcept;
     bool try_take(std::uint32_t me) noexcept;
     void take_over_if_dead(std::uint32_t seen, std::uint32_t me);
     std::atomic<std::uint32_t>* word_;
-    std::unique_ptr<blocking_runner> runner_;
+    sync_waits waits_;
+};
+
+/// An asynchronous acquire of a lock; with `Scoped`, yields a guard.
+template <bool Scoped> struct lock_attempt {
+    std::shared_ptr<lock_core> core;
+    bool first = true;
+    bool operator()(bool timed_out) {
+        return core->attempt(timed_out, std::exchange(first, false));
+    }
+    lock_guard result();
 };
 
 } // namespace detail
@@ -80,16 +102,27 @@ class lock {
     /// lock is held with no guard: repair, then release().
     /// Example: `{ auto g = l.scoped(); std::puts("alone"); }`
     [[nodiscard]] lock_guard scoped();
+    /// Whether the lock is held (by any process).
+    bool locked() const noexcept { return core_->locked(); }
+
     /// Acquires without blocking the event-loop thread (the wait runs on a helper thread).
-    /// Resumes on the awaiting coroutine's executor. Throws owner_died as acquire() does.
-    /// Keep the executor running until the await completes: a lock acquired for a coroutine
-    /// whose executor was destroyed is never released.
-    [[nodiscard]] asio::awaitable<void> async_acquire() {
-        return detail::lock_core::async_acquire(core_);
+    /// Completes with void(std::exception_ptr) on the handler's associated executor; the error
+    /// is owner_died as acquire() throws it (the lock is then held). Keep that executor running
+    /// until the operation completes: a lock acquired for a handler that never runs is never
+    /// released.
+    /// Cancellation (any type): completes at once with system_error(operation_aborted), not
+    /// holding the lock.
+    /// Example: `co_await l.async_acquire();`
+    template <class Token = asio::use_awaitable_t<>> auto async_acquire(Token&& token = {}) {
+        return detail::async_sync<void>(core_->waits(), core_, detail::lock_attempt<false>{core_},
+                                        std::forward<Token>(token));
     }
-    /// async_acquire(), then a guard that releases.
-    [[nodiscard]] asio::awaitable<lock_guard> async_scoped() {
-        return detail::lock_core::async_scoped(core_);
+    /// async_acquire(), completing with void(std::exception_ptr, lock_guard): a guard that
+    /// releases (empty on error). Cancellation as for async_acquire().
+    /// Example: `auto g = co_await l.async_scoped();`
+    template <class Token = asio::use_awaitable_t<>> auto async_scoped(Token&& token = {}) {
+        return detail::async_sync<lock_guard>(
+            core_->waits(), core_, detail::lock_attempt<true>{core_}, std::forward<Token>(token));
     }
 
     /// cereal: a lock travels to a pool worker as its registry token (see the top of the file).
@@ -101,43 +134,22 @@ class lock {
     }
 
   private:
+    friend class condition;
+    explicit lock(std::shared_ptr<detail::lock_core> core) noexcept : core_(std::move(core)) {}
     std::shared_ptr<detail::lock_core> core_;
 };
 
-/// Holds a lock until destroyed or release()d. Move-only.
-class lock_guard {
+/// Holds a lock until destroyed or release()d. Move-only: release(), owns_lock().
+class lock_guard : public detail::release_guard<detail::lock_core> {
   public:
     lock_guard() noexcept = default;
-    lock_guard(lock_guard&& o) noexcept : core_(std::move(o.core_)) {}
-    lock_guard& operator=(lock_guard&& o) noexcept {
-        if (this != &o) {
-            unlock_quietly();
-            core_ = std::move(o.core_);
-        }
-        return *this;
-    }
-    ~lock_guard() { unlock_quietly(); }
-
-    /// Releases the lock now (the guard then holds nothing).
-    void release() {
-        if (auto c = std::move(core_))
-            c->release();
-    }
-    /// Whether the guard still holds its lock.
-    bool owns_lock() const noexcept { return core_ != nullptr; }
 
   private:
     friend class lock;
-    friend class detail::lock_core;
+    friend class condition;
+    friend struct detail::lock_attempt<true>;
     explicit lock_guard(std::shared_ptr<detail::lock_core> core) noexcept
-        : core_(std::move(core)) {}
-    void unlock_quietly() noexcept {
-        try {
-            release();
-        } catch (...) { // released by someone else meanwhile: nothing left to do
-        }
-    }
-    std::shared_ptr<detail::lock_core> core_;
+        : release_guard(std::move(core)) {}
 };
 
 inline lock_guard lock::scoped() {
@@ -145,10 +157,8 @@ inline lock_guard lock::scoped() {
     return lock_guard(core_);
 }
 
-inline asio::awaitable<lock_guard>
-detail::lock_core::async_scoped(std::shared_ptr<lock_core> self) {
-    co_await async_acquire(self);
-    co_return lock_guard(std::move(self));
+template <bool Scoped> lock_guard detail::lock_attempt<Scoped>::result() {
+    return lock_guard(core);
 }
 
 } // namespace coproc

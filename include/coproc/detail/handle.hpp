@@ -31,7 +31,17 @@ clock::time_point deadline_after(std::chrono::duration<Rep, Period> timeout) {
     return now + ceil<clock::duration>(timeout);
 }
 
-enum class handle_kind : std::uint32_t { queue = 1, connection = 2, lock = 3 };
+enum class handle_kind : std::uint32_t {
+    queue = 1,
+    connection = 2,
+    lock = 3,
+    event = 4,
+    semaphore = 5,
+    rlock = 6,
+    condition = 7,
+    barrier = 8,
+    shared_block = 9,
+};
 
 /// Enters `core`, which holds descriptors `fds`, in this process's registry; returns its token
 /// (random, never reused).
