@@ -28,11 +28,6 @@ coproc::mpi::session* the_session = nullptr;
 int square(int x) { return x * x; }
 int add(int a, int b) { return a + b; }
 pid_t worker_pid(int) { return ::getpid(); }
-std::string host_of(int) {
-    char name[256] = {};
-    ::gethostname(name, sizeof name - 1);
-    return name;
-}
 int throws_invalid(int x) { throw std::invalid_argument("bad item " + std::to_string(x)); }
 int aborts(int) { std::abort(); }
 int segfaults(int) {
@@ -158,7 +153,10 @@ TEST_CASE("a task that aborts on a remote rank fails with worker_lost; the pool 
             FAIL("no worker_lost");
         } catch (const coproc::worker_lost& e) {
             CHECK(e.signal() == (f == aborts ? SIGABRT : SIGSEGV));
-            CHECK(std::string(e.what()).find("rank ") == 0);
+            const std::string what = e.what();
+            CHECK(what.find("rank ") == 0);          // where it ran
+            CHECK(what.find("int (*)(int)") != std::string::npos); // which task
+            CHECK(e.pid() > 0);
         }
     }
     CHECK(pool.map_async(square, iota(100)).get().back() == 99 * 99);

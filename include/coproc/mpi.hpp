@@ -78,7 +78,7 @@ struct mpi_pool_options {
     std::size_t spawn = 1;
     /// Only without mpirun: an Open MPI hostfile the spawned agents are placed by (MPI_Info
     /// key "hostfile"); empty: the local host.
-    std::string hostfile;
+    std::string hostfile = {};
 };
 
 /// A pool whose workers are the forked workers of the agent ranks of an MPI job. It offers

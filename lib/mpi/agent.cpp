@@ -136,7 +136,7 @@ class agent {
             auto j = std::make_unique<job>();
             j->frame = task_frame(message);
             j->sink = std::make_shared<reply_sink>(p_, comm_, id);
-            j->name = "a task of rank 0";
+            j->name = task_placeholder; // rank 0 names the task in messages
             core->submit(std::move(j));
         } catch (...) {
             p_.send(comm_, caller, tag_reply, error_frame(id, std::current_exception()));

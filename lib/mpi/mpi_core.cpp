@@ -269,7 +269,9 @@ void mpi_core::spawn_agents(const mpi_pool_options& o) {
         const int rc = MPI_Comm_spawn(exe.c_str(), argv.data(), static_cast<int>(o.spawn), info,
                                       0, MPI_COMM_SELF, &comm_, errors.data());
         MPI_Info_free(&info);
-        check_mpi(rc, "MPI_Comm_spawn of the mpi_pool's agents");
+        check_mpi(rc, "MPI_Comm_spawn of the mpi_pool's agents (more agents than free slots? give "
+                      "mpi_pool_options::hostfile, or allow oversubscription with "
+                      "OMPI_MCA_rmaps_base_oversubscribe=1)");
         MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
     });
 }

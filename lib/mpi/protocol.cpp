@@ -71,6 +71,16 @@ std::string file_hash(const char* path) {
     return std::string("fnv:") + hex;
 }
 
+// `what` with the agent's "task N (@)" replaced by `context`, prefixed by `where`.
+std::string reworded(std::string what, std::string_view where, std::string_view context) {
+    const std::string mark = " (" + std::string(task_placeholder) + ")";
+    const auto end = what.find(mark);
+    const auto begin = end == std::string::npos ? end : what.rfind("task ", end);
+    if (begin != std::string::npos)
+        what.replace(begin, end + mark.size() - begin, context);
+    return std::string(where) + ": " + what;
+}
+
 } // namespace
 
 const std::string& build_id() {
@@ -156,15 +166,15 @@ std::exception_ptr decode_error(std::uint64_t aux, std::span<const char> payload
             std::int64_t pid = 0;
             int sig = 0, status = 0;
             deserialize_from(payload, what, pid, sig, status);
-            return std::make_exception_ptr(worker_lost(std::string(where) + ": " + what,
-                                                       static_cast<pid_t>(pid), sig, status));
+            return std::make_exception_ptr(
+                worker_lost(reworded(what, where, context), static_cast<pid_t>(pid), sig, status));
         }
         case carried::pool_closed:
             deserialize_from(payload, what);
-            return std::make_exception_ptr(pool_closed(std::string(where) + ": " + what));
+            return std::make_exception_ptr(pool_closed(reworded(what, where, context)));
         case carried::timeout_error:
             deserialize_from(payload, what);
-            return std::make_exception_ptr(timeout_error(std::string(where) + ": " + what));
+            return std::make_exception_ptr(timeout_error(reworded(what, where, context)));
         }
         throw error("unknown kind of error " + std::to_string(aux));
     } catch (const std::exception& e) {

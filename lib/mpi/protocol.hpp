@@ -41,10 +41,14 @@ start_reply decode_started(std::span<const char> bytes);
 /// GNU build-id note, or a hash of the file where it has none.
 const std::string& build_id();
 
+/// The name an agent gives the tasks it runs; rank 0 puts the task's own description in its
+/// place in error messages ("task 4 (@)" becomes "task 17 (int (*)(int))").
+inline constexpr std::string_view task_placeholder = "@";
+
 /// An error frame (header included) for task `id` carrying `e`.
 std::vector<char> error_frame(std::uint64_t id, const std::exception_ptr& e);
 /// The exception of an error frame's payload; `where` (e.g. "rank 2 on node7") starts the
-/// message of a worker_lost.
+/// message of coproc's own exceptions, `context` describes the task.
 std::exception_ptr decode_error(std::uint64_t aux, std::span<const char> payload,
                                 std::string_view where, std::string_view context);
 
