@@ -197,6 +197,17 @@ TEST_CASE("two pools at once are refused") {
     CHECK(pool.apply_async(add, {1, 2}).get() == 3);
 }
 
+TEST_CASE("without mpirun, a pool that cannot spawn its agents says why; the next one works") {
+    if (the_session->size() > 1)
+        return; // under mpirun the agents exist already
+    auto bad = opts();
+    bad.spawn = 0;
+    CHECK_THROWS_WITH_AS(coproc::mpi_pool(*the_session, bad),
+                         doctest::Contains("spawn must be at least 1"), coproc::error);
+    coproc::mpi_pool pool(*the_session, opts(1));
+    CHECK(pool.apply_async(add, {2, 2}).get() == 4);
+}
+
 // Run by test/mpi/check.sh only (skipped otherwise).
 
 TEST_CASE("an agent of another build is refused" * doctest::skip()) {

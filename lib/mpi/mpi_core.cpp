@@ -202,24 +202,24 @@ void mpi_core::start(const mpi_pool_options& o, std::vector<std::string>& lines)
     if (st_->pool_active.exchange(true))
         throw error("mpi_pool: this session already has a pool; destroy it before making "
                     "another");
-    int first = 1;
-    int count = p_.world_size() - 1;
-    comm_ = st_->world;
-    if (count == 0) { // no mpirun: spawn the agents
-        spawn_agents(o);
-        spawned_ = true;
-        first = 0;
-        count = static_cast<int>(o.spawn);
-    }
-    agents_.resize(static_cast<std::size_t>(count));
-    for (int r = 0; r < count; ++r)
-        agents_[static_cast<std::size_t>(r)].rank = first + r;
-    // Not a strong reference: the progress thread must never hold the last one (the session's
-    // state would end there, joining that very thread). shutdown() unlistens before the core
-    // can go.
-    p_.listen(comm_, [this](mpi_message& m) { on_message(m); });
-    listening_ = true;
     try {
+        int first = 1;
+        int count = p_.world_size() - 1;
+        comm_ = st_->world;
+        if (count == 0) { // no mpirun: spawn the agents
+            spawn_agents(o);
+            spawned_ = true;
+            first = 0;
+            count = static_cast<int>(o.spawn);
+        }
+        agents_.resize(static_cast<std::size_t>(count));
+        for (int r = 0; r < count; ++r)
+            agents_[static_cast<std::size_t>(r)].rank = first + r;
+        // Not a strong reference: the progress thread must never hold the last one (the
+        // session's state would end there, joining that very thread). shutdown() unlistens
+        // before the core can go.
+        p_.listen(comm_, [this](mpi_message& m) { on_message(m); });
+        listening_ = true;
         const start_request req{build_id(), {.processes = o.processes_per_rank,
                                              .initializer = o.initializer,
                                              .maxtasksperchild = o.maxtasksperchild,
