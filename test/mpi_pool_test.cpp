@@ -39,9 +39,11 @@ int slow(int ms) {
     return ms;
 }
 
-// Without mpirun each pool spawns its agents: two, so that there are several ranks here too.
+// Without mpirun each pool spawns its agents: two, so that there are several ranks here too,
+// placed by the hostfile MPI_POOL_TEST_HOSTFILE names, if any.
 coproc::mpi_pool_options opts(std::size_t per_rank = 2) {
-    return {.processes_per_rank = per_rank, .spawn = 2};
+    const char* hostfile = std::getenv("MPI_POOL_TEST_HOSTFILE");
+    return {.processes_per_rank = per_rank, .spawn = 2, .hostfile = hostfile ? hostfile : ""};
 }
 
 std::size_t agent_ranks() {

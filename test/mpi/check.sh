@@ -5,6 +5,7 @@
 #   fake-hosts   mpirun -np 3 over two "hosts" (127.0.0.2, 127.0.0.3; fakessh starts mpirun's
 #                daemons locally, ranks talk over TCP); --display-map must show both
 #   spawn        no mpirun: every pool spawns its agents (MPI_Comm_spawn)
+#   spawn-fake-hosts  the same, the agents placed on the two fake hosts by an MPI_Info hostfile
 #   other-build  rank 1 runs another program: rank 0 must refuse it
 #   sigint       SIGINT to mpirun while tasks run: everything ends
 set -u
@@ -34,6 +35,13 @@ fake-hosts)
     ;;
 spawn)
     timeout 100 "$test" -nc >"$out" 2>&1 || fail "the singleton run failed"
+    ;;
+spawn-fake-hosts)
+    MPI_POOL_TEST_HOSTFILE="$here/hostfile_fake" OMPI_MCA_plm_rsh_agent="$here/fakessh" \
+        timeout 100 "$test" -nc >"$out" 2>&1 || fail "the singleton run failed"
+    for h in 127.0.0.2 127.0.0.3; do
+        grep -q "fakessh: host=$h" "$out" || fail "no agent was started on $h"
+    done
     ;;
 other-build)
     timeout 100 "$mpirun" "$@" -np 1 "$test" --no-skip -tc='*another build*' : \
