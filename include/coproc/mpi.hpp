@@ -74,7 +74,7 @@ struct mpi_pool_options {
     std::size_t maxtasksperchild = 0;
     /// As pool_options: fail a task that runs longer (0: no limit).
     std::chrono::milliseconds task_timeout{0};
-    /// Only without mpirun (a world of one rank): how many agent ranks to spawn.
+    /// Only without mpirun (a world of one rank): how many agent ranks to spawn (at least 1).
     std::size_t spawn = 1;
     /// Only without mpirun: an Open MPI hostfile the spawned agents are placed by (MPI_Info
     /// key "hostfile"); empty: the local host.
@@ -85,7 +85,9 @@ struct mpi_pool_options {
 /// every method of coproc::pool (it is one), with the same results and errors; `size()` is the
 /// number of workers over all agents, chunks of map and imap go to the agent with the most free
 /// capacity, and `pids()` is empty (the workers live on other hosts). One mpi_pool at a time
-/// per session under mpirun; without mpirun each pool spawns its own agents and ends them.
+/// per session; pools may follow one another. Without mpirun the first pool spawns its agents,
+/// which serve the later pools that ask for as many on the same hostfile (others are spawned
+/// in their place) and end with the session.
 class mpi_pool : public pool {
   public:
     /// Starts the agents' local pools; the pool runs its own event-loop thread. Throws

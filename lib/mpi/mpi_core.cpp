@@ -35,14 +35,6 @@ std::string describe_job(const job& j) {
     return "task " + std::to_string(j.id) + " (" + std::string(j.name) + ")";
 }
 
-std::string self_exe() {
-    char path[4096];
-    const auto n = ::readlink("/proc/self/exe", path, sizeof path - 1);
-    if (n <= 0)
-        throw error("mpi_pool: cannot find this program's executable to spawn agents");
-    return std::string(path, static_cast<std::size_t>(n));
-}
-
 class mpi_core final : public pool_core, public std::enable_shared_from_this<mpi_core> {
   public:
     mpi_core(std::shared_ptr<mpi_state> st, asio::any_io_executor ex, std::thread::id own_loop)
@@ -140,7 +132,6 @@ class mpi_core final : public pool_core, public std::enable_shared_from_this<mpi
                                    // counts the bytes it has in flight by it)
     };
 
-    void spawn_agents(const mpi_pool_options& o);
     void on_message(mpi_message& m);
     void deliver(std::span<const char> bytes, std::size_t from);
     static std::vector<queued> encode_jobs(std::vector<job_ptr>& jobs);
@@ -176,7 +167,6 @@ class mpi_core final : public pool_core, public std::enable_shared_from_this<mpi
     std::shared_ptr<mpi_state> st_;
     progress& p_;
     MPI_Comm comm_ = MPI_COMM_NULL;
-    bool spawned_ = false;
     bool listening_ = false;
     asio::any_io_executor ex_;
     std::thread::id own_loop_;
@@ -206,9 +196,10 @@ void mpi_core::start(const mpi_pool_options& o, std::vector<std::string>& lines)
         int first = 1;
         int count = p_.world_size() - 1;
         comm_ = st_->world;
-        if (count == 0) { // no mpirun: spawn the agents
-            spawn_agents(o);
-            spawned_ = true;
+        if (count == 0) { // no mpirun: spawned agents
+            if (o.spawn == 0 || o.spawn > static_cast<std::size_t>(INT_MAX))
+                throw error("mpi_pool: mpi_pool_options::spawn must be at least 1");
+            comm_ = st_->spawn_agents(o.spawn, o.hostfile);
             first = 0;
             count = static_cast<int>(o.spawn);
         }
@@ -250,30 +241,6 @@ void mpi_core::start(const mpi_pool_options& o, std::vector<std::string>& lines)
         shutdown();
         throw;
     }
-}
-
-void mpi_core::spawn_agents(const mpi_pool_options& o) {
-    if (o.spawn == 0 || o.spawn > static_cast<std::size_t>(INT_MAX))
-        throw error("mpi_pool: mpi_pool_options::spawn must be at least 1");
-    const std::string exe = self_exe();
-    std::vector<char*> argv;
-    for (auto& a : st_->args)
-        argv.push_back(a.data());
-    argv.push_back(nullptr);
-    p_.call([&] {
-        MPI_Info info;
-        check_mpi(MPI_Info_create(&info), "MPI_Info_create");
-        if (!o.hostfile.empty())
-            MPI_Info_set(info, "hostfile", o.hostfile.c_str());
-        std::vector<int> errors(o.spawn);
-        const int rc = MPI_Comm_spawn(exe.c_str(), argv.data(), static_cast<int>(o.spawn), info,
-                                      0, MPI_COMM_SELF, &comm_, errors.data());
-        MPI_Info_free(&info);
-        check_mpi(rc, "MPI_Comm_spawn of the mpi_pool's agents (more agents than free slots? give "
-                      "mpi_pool_options::hostfile, or allow oversubscription with "
-                      "OMPI_MCA_rmaps_base_oversubscribe=1)");
-        MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
-    });
 }
 
 // On the progress thread.
@@ -424,18 +391,8 @@ void mpi_core::shutdown() noexcept {
     if (!cv_.wait_for(lk, agent_wait, [&] { return running_locked() == 0; }))
         std::fputs("coproc: mpi_pool: an agent did not stop; leaving it\n", stderr);
     lk.unlock();
-    try {
-        if (listening_)
-            p_.unlisten(comm_);
-        if (spawned_) {
-            for (const auto& a : agents_)
-                p_.send(comm_, a.rank, tag_finalize, {});
-            p_.flush();
-            p_.call([&] { MPI_Comm_disconnect(&comm_); });
-        }
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "coproc: mpi_pool: ending the agents: %s\n", e.what());
-    }
+    if (listening_)
+        p_.unlisten(comm_);
     st_->pool_active = false;
 }
 

@@ -19,7 +19,19 @@ struct mpi_state {
     std::vector<std::string> args;  // argv[1..], for the agents a pool spawns
     std::atomic<bool> pool_active{false};
 
-    /// Tells the world's agents to exit, then finalizes MPI.
+    // Without mpirun: the agents the first pool spawned (an intercommunicator), kept for the
+    // pools after it that ask for as many on the same hostfile.
+    MPI_Comm spawned = MPI_COMM_NULL;
+    std::size_t spawned_count = 0;
+    std::string spawned_hostfile;
+
+    /// The spawned agents for `count` ranks on `hostfile` (empty: this host), spawning them
+    /// (and ending others) if need be.
+    MPI_Comm spawn_agents(std::size_t count, const std::string& hostfile);
+    /// Tells the spawned agents to exit and disconnects from them.
+    void end_spawned() noexcept;
+
+    /// Tells the agents to exit, then finalizes MPI.
     ~mpi_state();
 };
 

@@ -2,15 +2,75 @@
 #include <coproc/mpi.hpp>
 #include "mpi_state.hpp"
 
+#include <coproc/error.hpp>
+
 #include <cstdio>
+#include <unistd.h>
 
 namespace coproc {
 
 namespace detail {
 
+namespace {
+
+std::string self_exe() {
+    char path[4096];
+    const auto n = ::readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n <= 0)
+        throw error("mpi_pool: cannot find this program's executable to spawn agents");
+    return std::string(path, static_cast<std::size_t>(n));
+}
+
+} // namespace
+
+// Spawning again and again is what Open MPI 4.1 does worst (a spawn after a disconnect now and
+// then never completes): the agents stay for the next pool.
+MPI_Comm mpi_state::spawn_agents(std::size_t count, const std::string& hostfile) {
+    if (spawned != MPI_COMM_NULL && spawned_count == count && spawned_hostfile == hostfile)
+        return spawned;
+    end_spawned();
+    const std::string exe = self_exe();
+    std::vector<char*> argv;
+    for (auto& a : args)
+        argv.push_back(a.data());
+    argv.push_back(nullptr);
+    p->call([&] {
+        MPI_Info info;
+        check_mpi(MPI_Info_create(&info), "MPI_Info_create");
+        if (!hostfile.empty())
+            MPI_Info_set(info, "hostfile", hostfile.c_str());
+        std::vector<int> errors(count);
+        const int rc = MPI_Comm_spawn(exe.c_str(), argv.data(), static_cast<int>(count), info, 0,
+                                      MPI_COMM_SELF, &spawned, errors.data());
+        MPI_Info_free(&info);
+        check_mpi(rc, "MPI_Comm_spawn of the mpi_pool's agents (more agents than free slots? give "
+                      "mpi_pool_options::hostfile, or allow oversubscription with "
+                      "OMPI_MCA_rmaps_base_oversubscribe=1)");
+        MPI_Comm_set_errhandler(spawned, MPI_ERRORS_RETURN);
+    });
+    spawned_count = count;
+    spawned_hostfile = hostfile;
+    return spawned;
+}
+
+void mpi_state::end_spawned() noexcept {
+    if (spawned == MPI_COMM_NULL)
+        return;
+    try {
+        for (std::size_t r = 0; r < spawned_count; ++r)
+            p->send(spawned, static_cast<int>(r), tag_finalize, {});
+        p->flush();
+        p->call([&] { MPI_Comm_disconnect(&spawned); });
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "coproc: ending the spawned mpi_pool agents: %s\n", e.what());
+    }
+    spawned = MPI_COMM_NULL;
+}
+
 mpi_state::~mpi_state() {
     if (!p)
         return;
+    end_spawned();
     try {
         if (world != MPI_COMM_NULL) {
             if (p->world_rank() == 0)
