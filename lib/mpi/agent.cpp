@@ -117,8 +117,7 @@ class agent {
                 ok = false;
             }
         }
-        if (core_) // rank 0 ended without stopping its pool
-            stop(true);
+        end_pool(true); // rank 0 ended without stopping its pool
         return ok;
     }
 
@@ -144,6 +143,7 @@ class agent {
     }
 
     void start(std::span<const char> bytes) {
+        end_pool(true); // one rank 0 gave up waiting for (it answers only this start)
         start_reply r;
         r.host = host_name();
         try {
@@ -169,6 +169,12 @@ class agent {
     }
 
     void stop(bool terminate) {
+        if (end_pool(terminate))
+            p_.send(comm_, caller, tag_stopped, {});
+    }
+
+    // Closes (or terminates) the local pool and waits for its workers; false if none ran.
+    bool end_pool(bool terminate) {
         std::shared_ptr<pool_core> core;
         {
             std::lock_guard lk(mu_);
@@ -185,7 +191,7 @@ class agent {
             core_.reset();
         }
         loop_.reset();
-        p_.send(comm_, caller, tag_stopped, {});
+        return core != nullptr;
     }
 
     progress& p_;
