@@ -4,12 +4,11 @@
 #include <coproc/mpi.hpp>
 
 #define DOCTEST_CONFIG_IMPLEMENT
-#include <doctest/doctest.h>
-
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>
 #include <asio/use_future.hpp>
+#include <doctest/doctest.h>
 
 #include <csignal>
 #include <cstdio>
@@ -156,7 +155,7 @@ TEST_CASE("a task that aborts on a remote rank fails with worker_lost; the pool 
         } catch (const coproc::worker_lost& e) {
             CHECK(e.signal() == (f == aborts ? SIGABRT : SIGSEGV));
             const std::string what = e.what();
-            CHECK(what.find("rank ") == 0);          // where it ran
+            CHECK(what.find("rank ") == 0);                        // where it ran
             CHECK(what.find("int (*)(int)") != std::string::npos); // which task
             CHECK(e.pid() > 0);
         }

@@ -2,9 +2,9 @@
 // `mpi`; link libcoproc_mpi, dependency 'coproc-mpi').
 //
 //   int main(int argc, char** argv) {
-//       coproc::mpi::session mpi(argc, argv);      // ranks other than 0 serve tasks here, then exit
-//       coproc::mpi_pool pool(mpi, {.processes_per_rank = 2});
-//       auto squares = pool.map_async(square, xs).get();  // every method of coproc::pool
+//       coproc::mpi::session mpi(argc, argv);      // ranks other than 0 serve tasks here, then
+//       exit coproc::mpi_pool pool(mpi, {.processes_per_rank = 2}); auto squares =
+//       pool.map_async(square, xs).get();  // every method of coproc::pool
 //   }
 //   // mpirun -np 3 ./app       rank 0 is the caller; ranks 1 and 2 each run a local fork pool
 //   // ./app                    no mpirun: the pool spawns its agents (MPI_Comm_spawn)

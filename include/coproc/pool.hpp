@@ -180,8 +180,8 @@ class pool {
   protected:
     /// Makes the core of a pool whose tasks run elsewhere (mpi_pool), on the executor it is
     /// given; the thread id is that of the pool's own loop thread, if it has one.
-    using core_factory = std::function<std::shared_ptr<detail::pool_core>(asio::any_io_executor,
-                                                                          std::thread::id)>;
+    using core_factory =
+        std::function<std::shared_ptr<detail::pool_core>(asio::any_io_executor, std::thread::id)>;
     /// A pool around the core `make` returns: on `ex` if given, else on its own loop thread.
     pool(const core_factory& make, std::optional<asio::any_io_executor> ex);
 

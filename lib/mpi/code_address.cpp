@@ -18,7 +18,7 @@ namespace {
 
 struct loaded_object {
     std::string name;
-    std::uintptr_t base; // dlpi_addr
+    std::uintptr_t base;   // dlpi_addr
     std::uintptr_t lo, hi; // the span of its PT_LOAD segments
 };
 
@@ -42,8 +42,8 @@ std::vector<loaded_object> scan() {
                 hi = std::max<std::uintptr_t>(hi, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
             }
             // The executable comes first, with an empty name.
-            v.push_back({v.empty() ? std::string() : file_name(info->dlpi_name), info->dlpi_addr,
-                         lo, hi});
+            v.push_back(
+                {v.empty() ? std::string() : file_name(info->dlpi_name), info->dlpi_addr, lo, hi});
             return 0;
         },
         &out);
@@ -103,7 +103,8 @@ std::vector<char> task_message(std::uint64_t id, const std::vector<char>& frame)
     const auto* entry =
         reinterpret_cast<const task_entry*>(anchor + static_cast<std::uintptr_t>(p.entry));
     const auto e = locate(entry);
-    const auto f = locate(reinterpret_cast<const void*>(anchor + static_cast<std::uintptr_t>(p.fn)));
+    const auto f =
+        locate(reinterpret_cast<const void*>(anchor + static_cast<std::uintptr_t>(p.fn)));
     const auto inv = locate(reinterpret_cast<const void*>(entry->invoke));
     std::vector<char> out(12); // the id and the addresses' length, set below
     serialize_into(out, e.object, e.offset, f.object, f.offset, inv.object, inv.offset,

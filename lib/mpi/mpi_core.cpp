@@ -179,7 +179,7 @@ class mpi_core final : public pool_core, public std::enable_shared_from_this<mpi
     std::size_t workers_ = 0;
     std::size_t holds_ = 0;
     std::size_t undelivered_ = 0; // outcomes taken out of the queues and not yet delivered
-    std::string start_error_; // the first reason an agent gave for not starting
+    std::string start_error_;     // the first reason an agent gave for not starting
     bool stop_sent_ = false;
     bool shut_ = false;
     static inline std::atomic<std::uint64_t> next_id_{1};
@@ -211,16 +211,16 @@ void mpi_core::start(const mpi_pool_options& o, std::vector<std::string>& lines)
         // before the core can go.
         p_.listen(comm_, [this](mpi_message& m) { on_message(m); });
         listening_ = true;
-        const start_request req{build_id(), {.processes = o.processes_per_rank,
-                                             .initializer = o.initializer,
-                                             .maxtasksperchild = o.maxtasksperchild,
-                                             .task_timeout = o.task_timeout}};
+        const start_request req{build_id(),
+                                {.processes = o.processes_per_rank,
+                                 .initializer = o.initializer,
+                                 .maxtasksperchild = o.maxtasksperchild,
+                                 .task_timeout = o.task_timeout}};
         std::unique_lock lk(mu_);
         send_all_locked(tag_start, encode(req));
         const bool answered = cv_.wait_for(lk, agent_wait, [&] {
-            return std::all_of(agents_.begin(), agents_.end(), [](const agent& a) {
-                return a.answered;
-            });
+            return std::all_of(agents_.begin(), agents_.end(),
+                               [](const agent& a) { return a.answered; });
         });
         std::string failure;
         for (const auto& a : agents_)
@@ -289,15 +289,14 @@ void mpi_core::deliver(std::span<const char> bytes, std::size_t from) {
         pump_locked();
     }
     const auto payload = bytes.subspan(sizeof(frame_header));
-    if (h.kind == static_cast<std::uint16_t>(frame_kind::result) &&
-        h.size == payload.size())
+    if (h.kind == static_cast<std::uint16_t>(frame_kind::result) && h.size == payload.size())
         j->sink->on_result(*j, payload);
     else if (h.kind == static_cast<std::uint16_t>(frame_kind::error))
         j->sink->on_error(*j, decode_error(h.aux, payload, where(from), describe_job(*j)));
     else
-        j->sink->on_error(*j, std::make_exception_ptr(error("malformed reply to " +
-                                                            describe_job(*j) + " from " +
-                                                            where(from))));
+        j->sink->on_error(*j,
+                          std::make_exception_ptr(error("malformed reply to " + describe_job(*j) +
+                                                        " from " + where(from))));
     j.reset();
     std::lock_guard lk(mu_);
     --undelivered_;
@@ -398,9 +397,8 @@ void mpi_core::shutdown() noexcept {
 
 } // namespace
 
-std::shared_ptr<pool_core> make_mpi_core(std::shared_ptr<mpi_state> state,
-                                         asio::any_io_executor ex, std::thread::id own_loop,
-                                         const mpi_pool_options& options,
+std::shared_ptr<pool_core> make_mpi_core(std::shared_ptr<mpi_state> state, asio::any_io_executor ex,
+                                         std::thread::id own_loop, const mpi_pool_options& options,
                                          std::vector<std::string>& agents) {
     auto c = std::make_shared<mpi_core>(std::move(state), std::move(ex), own_loop);
     c->start(options, agents);

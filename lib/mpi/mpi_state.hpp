@@ -14,7 +14,7 @@
 namespace coproc::detail {
 
 struct mpi_state {
-    std::unique_ptr<progress> p; // reset last: MPI_Finalize
+    std::unique_ptr<progress> p;    // reset last: MPI_Finalize
     MPI_Comm world = MPI_COMM_NULL; // a duplicate of MPI_COMM_WORLD
     std::vector<std::string> args;  // argv[1..], for the agents a pool spawns
     std::atomic<bool> pool_active{false};
@@ -41,9 +41,8 @@ struct mpi_state {
 [[noreturn]] void run_agent(std::shared_ptr<mpi_state> state, MPI_Comm comm, bool spawned);
 
 /// Rank 0: the core of an mpi_pool; fills `agents` with a line per agent.
-std::shared_ptr<pool_core> make_mpi_core(std::shared_ptr<mpi_state> state,
-                                         asio::any_io_executor ex, std::thread::id own_loop,
-                                         const mpi_pool_options& options,
+std::shared_ptr<pool_core> make_mpi_core(std::shared_ptr<mpi_state> state, asio::any_io_executor ex,
+                                         std::thread::id own_loop, const mpi_pool_options& options,
                                          std::vector<std::string>& agents);
 
 } // namespace coproc::detail

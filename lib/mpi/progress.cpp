@@ -168,8 +168,8 @@ bool progress::take_queued() {
     }
     for (auto& o : out) {
         in_flight f{std::move(o.bytes), MPI_REQUEST_NULL};
-        const int rc = MPI_Isend(f.bytes.data(), static_cast<int>(f.bytes.size()), MPI_BYTE,
-                                 o.dest, o.tag, o.comm, &f.request);
+        const int rc = MPI_Isend(f.bytes.data(), static_cast<int>(f.bytes.size()), MPI_BYTE, o.dest,
+                                 o.tag, o.comm, &f.request);
         if (rc != MPI_SUCCESS) {
             std::fprintf(stderr, "coproc: MPI_Isend to rank %d failed (error %d)\n", o.dest, rc);
             std::lock_guard lk(mu_);

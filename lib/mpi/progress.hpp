@@ -8,13 +8,12 @@
 // at once when a thread queues a send or a call.
 #pragma once
 
-#include <mpi.h>
-
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <functional>
 #include <future>
+#include <mpi.h>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -85,8 +84,8 @@ class progress {
     };
 
     void run(int& argc, char**& argv, std::promise<void>& started);
-    bool step();         // one round; true if it did anything
-    bool take_queued();  // starts queued sends and calls
+    bool step();        // one round; true if it did anything
+    bool take_queued(); // starts queued sends and calls
     bool test_sends();
     bool receive();
 

@@ -97,9 +97,8 @@ std::vector<char> encode(const start_request& r) {
     const bool has_init = o.initializer != nullptr;
     const code_address init =
         has_init ? locate(reinterpret_cast<const void*>(o.initializer)) : code_address{};
-    serialize_into(out, r.build_id, static_cast<std::uint64_t>(o.processes), has_init,
-                   init.object, init.offset,
-                   static_cast<std::uint64_t>(o.maxtasksperchild),
+    serialize_into(out, r.build_id, static_cast<std::uint64_t>(o.processes), has_init, init.object,
+                   init.offset, static_cast<std::uint64_t>(o.maxtasksperchild),
                    static_cast<std::int64_t>(o.task_timeout.count()));
     return out;
 }
@@ -161,7 +160,8 @@ std::exception_ptr decode_error(std::uint64_t aux, std::span<const char> payload
     try {
         std::string what;
         switch (static_cast<carried>(aux)) {
-        case carried::transported: return decode_exception(payload, context);
+        case carried::transported:
+            return decode_exception(payload, context);
         case carried::worker_lost: {
             std::int64_t pid = 0;
             int sig = 0, status = 0;

@@ -1,8 +1,7 @@
 // mpi::session and mpi_pool's constructors (see include/coproc/mpi.hpp).
+#include <coproc/error.hpp>
 #include <coproc/mpi.hpp>
 #include "mpi_state.hpp"
-
-#include <coproc/error.hpp>
 
 #include <cstdio>
 #include <unistd.h>
