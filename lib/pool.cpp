@@ -164,6 +164,17 @@ pool::pool(pool_options options) : loop_(std::make_unique<detail::own_loop>()) {
 pool::pool(asio::any_io_executor ex, pool_options options)
     : core_(detail::create_core(std::move(ex), options, {})) {}
 
+pool::pool(const core_factory& make, std::optional<asio::any_io_executor> ex) {
+    if (ex) {
+        core_ = make(std::move(*ex), {});
+        return;
+    }
+    loop_ = std::make_unique<detail::own_loop>();
+    loop_->wait_parked();
+    loop_->release(); // the core forks nothing here
+    core_ = make(loop_->ctx.get_executor(), loop_->thread.get_id());
+}
+
 pool::~pool() {
     // The normal case: wait for the workers, then stop the loop thread.
     if (!detail::callback_scope::inside(core_.get()) && !(loop_ && core_->on_loop_thread())) {

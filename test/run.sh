@@ -28,7 +28,17 @@ run_suite() { # run_suite NAME BUILD_DIR "meson test args" [meson setup options.
     logs+=("$dir/meson-logs/testlog.json")
 }
 
-run_suite release build "" -Dsamples=true -Dbench=true -Dwerror_library=true
+run_suite release build "--no-suite mpi" -Dsamples=true -Dbench=true -Dwerror_library=true
+
+# mpi_pool under mpirun: on one host, over two fake hosts, spawned, refused, interrupted (the
+# suite exists where the build found MPI), with its own log beside the release suite's.
+if grep -q '"coproc:mpi"' build/meson-info/intro-tests.json 2>/dev/null; then
+    echo "== mpi_pool, Open MPI (build)"
+    rm -f build/meson-logs/mpilog.json
+    meson test -C build --no-rebuild --print-errorlogs --suite mpi --logbase mpilog |
+        grep -E "^ *[0-9]+/[0-9]+ |^(Ok|Fail|Timeout):" || true
+    logs+=(build/meson-logs/mpilog.json)
+fi
 
 if [ -z "${COPROC_QUICK:-}" ]; then
     # The same suite built by clang (its own warnings, its own coroutine code generation).

@@ -3,7 +3,8 @@
 # Usage: . test/setup.sh; coproc_setup BUILD_DIR [meson options...]
 set -euo pipefail
 
-COPROC_PACKAGES=(g++ meson ninja-build pkg-config cmake libasio-dev libcereal-dev doctest-dev python3)
+COPROC_PACKAGES=(g++ meson ninja-build pkg-config cmake libasio-dev libcereal-dev doctest-dev python3
+    libopenmpi-dev openmpi-bin) # Open MPI: mpi_pool (-Dmpi=auto builds it where MPI is found)
 # ./test/run.sh also builds and tests with clang (adds these to COPROC_PACKAGES).
 # shellcheck disable=SC2034 # used by run.sh
 COPROC_CLANG=clang++-19

@@ -54,6 +54,7 @@
 #include <memory>
 #include <optional>
 #include <ranges>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -258,6 +259,14 @@ class pool {
     std::size_t size() const noexcept;
     /// The pids of the live workers.
     std::vector<pid_t> pids() const;
+
+  protected:
+    /// Makes the core of a pool whose tasks run elsewhere (mpi_pool), on the executor it is
+    /// given; the thread id is that of the pool's own loop thread, if it has one.
+    using core_factory =
+        std::function<std::shared_ptr<detail::pool_core>(asio::any_io_executor, std::thread::id)>;
+    /// A pool around the core `make` returns: on `ex` if given, else on its own loop thread.
+    pool(const core_factory& make, std::optional<asio::any_io_executor> ex);
 
   private:
     // The completion `submit()` returns, or one holding what it threw (pool_closed...).
