@@ -65,12 +65,7 @@ template <class R> class async_generator {
   private:
     // Runs next() on a private io_context of the calling thread; the pool's loop delivers to it.
     std::optional<R> next_blocking() {
-        struct core_access : detail::chunked_call {
-            static detail::pool_core& of(detail::chunked_call& c) {
-                return *(c.*(&core_access::core_));
-            }
-        };
-        core_access::of(*s_).check_blocking("async_generator::blocking()");
+        s_->check_blocking("async_generator::blocking()");
         asio::io_context ctx;
         std::optional<R> out;
         std::exception_ptr error;

@@ -132,6 +132,9 @@ class chunked_call : public task_sink {
     }
     void cancel_in(pool_core&) noexcept override { stop(); }
 
+    /// Throws coproc::error if a blocking wait for this call here would deadlock.
+    void check_blocking(const char* what) const { core_->check_blocking(what); }
+
     /// Stops submitting (the call failed): unsent chunks are dropped, sent ones run on.
     void stop_submitting() noexcept {
         cancel();
