@@ -6,7 +6,6 @@
 #include <coproc/error.hpp>
 
 #include <asio/async_result.hpp>
-#include <asio/posix/stream_descriptor.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
@@ -23,7 +22,6 @@
 #include <random>
 #include <sched.h>
 #include <string>
-#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <thread>
@@ -245,25 +243,6 @@ bool wait_fd(int fd, short events, std::optional<clock::time_point> deadline) {
         if (n == 0 && deadline && clock::now() >= *deadline)
             return false;
     }
-}
-
-asio::awaitable<void> async_wait_fd(int fd, bool write) {
-    // An epoll instance of its own watching `fd`, and Asio waits for that to be readable: any
-    // number of waits on one descriptor (from one or several event loops) then each have their
-    // own registration, and Asio's FIONBIO lands on the epoll instance. On `fd` itself (or a
-    // dup, which shares its file description) it would make the channel non-blocking in every
-    // process that shares it, and their blocking calls would take the slow path.
-    unique_fd ep(::epoll_create1(EPOLL_CLOEXEC));
-    if (!ep)
-        throw os_error("epoll_create1 for an asynchronous wait failed");
-    epoll_event ev{};
-    ev.events = write ? EPOLLOUT : EPOLLIN;
-    if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
-        throw os_error("epoll_ctl for an asynchronous wait failed");
-    const auto ex = co_await asio::this_coro::executor;
-    asio::posix::stream_descriptor sd(ex, ep.get());
-    ep.release();
-    co_await sd.async_wait(asio::posix::descriptor_base::wait_read, asio::use_awaitable);
 }
 
 bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,

@@ -1,8 +1,8 @@
 // Descriptors, waits and futexes shared by process, pipe, queue and lock (private).
 //
 // Channel sockets stay in blocking mode (shared by every process that holds them, so the mode is
-// never changed: async_wait_fd waits through an epoll instance of its own, because Asio sets
-// O_NONBLOCK on what it waits on). Blocking calls without a deadline therefore make one
+// never changed: asynchronous waits go through an epoll instance of their own, see
+// detail/async_op.hpp, because Asio sets O_NONBLOCK on what it waits on). Blocking calls without a deadline therefore make one
 // blocking send or recv, the fewest syscalls there are; everything else passes MSG_DONTWAIT per
 // call and waits with poll() (with a deadline for the *_for forms) or, awaiting, with Asio on the
 // awaiting coroutine's executor. Code never relies on the mode: a blocking call that gets EAGAIN
@@ -139,10 +139,6 @@ template <class Ready> bool spin_until(Ready ready, std::chrono::microseconds bu
 /// Waits until `fd` has `events` (POLLIN/POLLOUT; errors and hang-up count as ready).
 /// Returns false if `deadline` passed first; no deadline waits for ever.
 bool wait_fd(int fd, short events, std::optional<clock::time_point> deadline);
-
-/// Suspends the awaiting coroutine until `fd` is readable (or writable, with `write`; errors and
-/// hang-up count as ready), without blocking its executor's thread or changing `fd`'s flags.
-asio::awaitable<void> async_wait_fd(int fd, bool write);
 
 /// Milliseconds to `deadline` for poll(): -1 for none, 0 if passed.
 int poll_timeout(std::optional<clock::time_point> deadline);

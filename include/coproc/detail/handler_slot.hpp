@@ -60,25 +60,6 @@ class handler_slot {
     std::unique_ptr<base> h_;
 };
 
-/// Parks any number of handlers (several coroutines awaiting one result); post() posts all.
-class handler_slots {
-  public:
-    bool empty() const noexcept { return slots_.empty(); }
-
-    template <class Handler> void set(Handler&& h) {
-        slots_.emplace_back().set(std::forward<Handler>(h));
-    }
-
-    void post() {
-        auto all = std::exchange(slots_, {});
-        for (auto& s : all)
-            s.post();
-    }
-
-  private:
-    std::vector<handler_slot> slots_;
-};
-
 /// The exception a cancelled operation completes with, as Asio's own operations report it.
 inline std::exception_ptr operation_aborted() {
     return std::make_exception_ptr(
@@ -175,24 +156,5 @@ class waiter_list {
     std::vector<entry> waiters_;
     id_type next_ = 1;
 };
-
-/// Completes (posts) at once if `ready()` holds under `m`, else parks the handler in `slot` (a
-/// handler_slot or handler_slots); whoever makes `ready()` true later calls `slot.post()` under
-/// the same mutex's protection.
-template <class Token, class Slot, class Ready>
-auto async_wait_until(std::mutex& m, Slot& slot, Ready ready, Token&& token) {
-    return asio::async_initiate<Token, void()>(
-        [&m, &slot, ready](auto handler) {
-            std::unique_lock lk(m);
-            if (ready()) {
-                lk.unlock();
-                auto ex = asio::get_associated_executor(handler);
-                asio::post(ex, std::move(handler));
-            } else {
-                slot.set(std::move(handler));
-            }
-        },
-        token);
-}
 
 } // namespace coproc::detail
