@@ -40,19 +40,6 @@ namespace coproc::test {
 /// The value an operation yields: R, or std::monostate for void(std::exception_ptr).
 template <class R> using value_of = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
 
-/// Whether `e` is the std::system_error(operation_aborted) of a cancelled operation.
-inline bool is_aborted(const std::exception_ptr& e) {
-    if (!e)
-        return false;
-    try {
-        std::rethrow_exception(e);
-    } catch (const std::system_error& err) {
-        return err.code() == asio::error::operation_aborted;
-    } catch (...) {
-        return false;
-    }
-}
-
 /// What a plain callback handler received, and on which thread, waited for from the test's.
 template <class R> class callback_probe {
   public:

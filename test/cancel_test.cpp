@@ -96,17 +96,7 @@ int polite_for(int i, int ms) {
 int stubborn(int i, int ms) { return counted_sleep(i, ms); }
 int polite_item(int i) { return polite(i); }
 
-bool is_aborted(const std::exception_ptr& e) {
-    if (!e)
-        return false;
-    try {
-        std::rethrow_exception(e);
-    } catch (const std::system_error& x) {
-        return x.code() == asio::error::operation_aborted;
-    } catch (...) {
-        return false;
-    }
-}
+using coproc::test::is_aborted;
 
 /// Waits (polling) until `pred()` holds, at most `limit`.
 template <class Pred> bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {

@@ -63,17 +63,7 @@ inline int settle_threads(int n) {
 struct outcome {
     bool done = false;
     std::exception_ptr error;
-    bool aborted() const {
-        if (!error)
-            return false;
-        try {
-            std::rethrow_exception(error);
-        } catch (const std::system_error& e) {
-            return e.code() == asio::error::operation_aborted;
-        } catch (...) {
-            return false;
-        }
-    }
+    bool aborted() const { return is_aborted(error); }
 };
 
 /// Runs `io` until `o.done` or `limit` passes.

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <asio/co_spawn.hpp>
+#include <asio/error.hpp>
 #include <asio/io_context.hpp>
 #include <doctest/doctest.h>
 
@@ -20,6 +21,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <unistd.h>
 
@@ -78,6 +80,19 @@ void run_coroutine(Body body, std::chrono::seconds limit = std::chrono::seconds(
         } catch (const std::exception& e) {
             FAIL("coroutine threw: " << e.what());
         }
+    }
+}
+
+/// Whether `e` is the std::system_error(operation_aborted) of a cancelled operation.
+inline bool is_aborted(const std::exception_ptr& e) {
+    if (!e)
+        return false;
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::system_error& err) {
+        return err.code() == asio::error::operation_aborted;
+    } catch (...) {
+        return false;
     }
 }
 
