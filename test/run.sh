@@ -56,7 +56,7 @@ if [ -z "${COPROC_QUICK:-}" ]; then
     # The tests whose parent runs several threads (the pool's loop, callers, lock helpers).
     # Forked workers are single-threaded; TSan checks the parent.
     export TSAN_OPTIONS="die_after_fork=0:halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/test/tsan.supp"
-    tsan_tests="pool pool_input cancel async_result async_generator lock event semaphore rlock condition barrier shared_state threaded_respawn"
+    tsan_tests="pool pool_input cancel async_result async_generator lock event semaphore barrier threaded_respawn"
     COPROC_TARGETS=$(printf 'test/%s_test ' $tsan_tests) \
         run_suite "thread sanitizer" build-tsan "$tsan_tests" -Db_sanitize=thread "${sanitized[@]}"
 fi
