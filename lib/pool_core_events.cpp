@@ -204,6 +204,8 @@ void core_impl::take_frame(const link_ptr& w, const frame& f, effects& fx) {
         job_ptr j = std::move(w->inflight.front());
         w->inflight.pop_front();
         w->answered = true;
+        if (!w->writing) // answered: its arguments are never sent again
+            j->payload.reset();
         if (f.kind == frame_kind::result)
             dispatcher_.note_duration(f.aux);
         fx.reply(std::move(j), reply, std::move(mapped));
