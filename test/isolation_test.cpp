@@ -168,24 +168,8 @@ int put_pid(coproc::queue<int> q) {
 
 std::string big_result(std::size_t n) { return std::string(n, 'x'); }
 
-/// The worker's own socket: the only AF_UNIX stream socket above stderr (the pools in these
-/// tests close every other descriptor).
-int own_socket() {
-    for (int fd : open_fds_above_stdio()) {
-        int type = 0, domain = 0;
-        socklen_t len = sizeof type;
-        if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
-            continue;
-        len = sizeof domain;
-        if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_UNIX &&
-            type == SOCK_STREAM)
-            return fd;
-    }
-    return -1;
-}
-
 void send_to_pool(const std::vector<char>& frame) {
-    const int fd = own_socket();
+    const int fd = coproc::test::own_socket();
     if (fd < 0 || ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL) !=
                       static_cast<ssize_t>(frame.size()))
         throw std::runtime_error("could not write to the worker's socket");

@@ -73,23 +73,13 @@ std::vector<char> reverse_bytes(std::vector<char> v) {
 
 int worker_fds() { return fd_count(); }
 
-// ------------------------------------------------------------------ forged replies
-
-// The worker's own socket: the only AF_UNIX stream socket above stderr (these pools close
-// every other descriptor).
-int own_socket() {
-    for (int fd = 3; fd < 1024; ++fd) {
-        int type = 0, domain = 0;
-        socklen_t len = sizeof type;
-        if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
-            continue;
-        len = sizeof domain;
-        if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_UNIX &&
-            type == SOCK_STREAM)
-            return fd;
-    }
-    return -1;
+// Payload sizes around the threshold, and a large one.
+std::vector<std::size_t> edge_sizes() {
+    const std::size_t t = out_of_line_threshold;
+    return {t - 1, t, t + 1, t + 4096, std::size_t{64} << 20};
 }
+
+// ------------------------------------------------------------------ forged replies
 
 // Sends `bytes` to the pool with `fd` attached (unless negative).
 void send_to_pool(const std::vector<char>& bytes, int fd) {
@@ -107,7 +97,7 @@ void send_to_pool(const std::vector<char>& bytes, int fd) {
         c->cmsg_len = CMSG_LEN(sizeof(int));
         std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
     }
-    if (::sendmsg(own_socket(), &m, MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size()))
+    if (::sendmsg(coproc::test::own_socket(), &m, MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size()))
         throw std::runtime_error("could not write to the worker's socket");
 }
 
@@ -263,13 +253,12 @@ TEST_CASE("a received descriptor is refused unless it is a sealed memfd of the c
 TEST_CASE("arguments below, at and above the threshold arrive whole; only those above mapped") {
     watchdog dog(120s);
     coproc::pool pool(2);
-    const std::size_t t = out_of_line_threshold;
-    for (const std::size_t bytes : {t - 1, t, t + 1, t + 4096, std::size_t{64} << 20}) {
+    for (const std::size_t bytes : edge_sizes()) {
         CAPTURE(bytes);
         const auto v = pattern(elements_for(bytes), 3);
         REQUIRE(payload_of(v.size()) == bytes);
         const auto [mapped, sum] = pool.apply_async(inspect, {v}).get();
-        CHECK(mapped == (bytes > t));
+        CHECK(mapped == (bytes > out_of_line_threshold));
         CHECK(sum == checksum(v));
     }
 }
@@ -277,8 +266,7 @@ TEST_CASE("arguments below, at and above the threshold arrive whole; only those 
 TEST_CASE("results below, at and above the threshold arrive whole, by apply and map") {
     watchdog dog(120s);
     coproc::pool pool(2);
-    const std::size_t t = out_of_line_threshold;
-    for (const std::size_t bytes : {t - 1, t, t + 1, t + 4096, std::size_t{64} << 20}) {
+    for (const std::size_t bytes : edge_sizes()) {
         CAPTURE(bytes);
         const std::size_t n = elements_for(bytes);
         CHECK(pool.apply_async(make_bytes, {n, 5u}).get() == pattern(n, 5));
