@@ -108,24 +108,14 @@ void core_impl::maybe_shut(worker_link& w) {
     w.shut();
 }
 
+// The write stays under way until its completion runs on the loop, so that jobs submitted
+// meanwhile are batched into the next one.
 void core_impl::start_write(const link_ptr& w) {
-    while (w->begin_write()) {
-        const std::error_code ec = w->send_some();
-        if (ec == asio::error::would_block) {
-            w->async_wait_writable([self = shared_from_this(), w](std::error_code ec) {
-                std::lock_guard lk(self->mu_);
-                self->continue_write(w, ec);
-            });
-            return;
-        }
-        end_write(w);
-        if (ec)
-            return; // the worker is gone: on_exit takes over
-    }
-    maybe_shut(*w);
+    if (w->begin_write())
+        continue_write(w, {});
 }
 
-// The socket became writable (or the wait failed) while a write was under way.
+// Sends what it can of the write under way; waits for room, or completes it.
 void core_impl::continue_write(const link_ptr& w, std::error_code ec) {
     if (!ec && w->has_socket())
         ec = w->send_some();
@@ -134,10 +124,14 @@ void core_impl::continue_write(const link_ptr& w, std::error_code ec) {
             std::lock_guard lk(self->mu_);
             self->continue_write(w, ec);
         });
-    end_write(w);
-    if (ec || !w->has_socket())
-        return; // the worker is gone: on_exit takes over
-    start_write(w);
+    asio::post(ex_, [self = shared_from_this(), w, ec] {
+        std::lock_guard lk(self->mu_);
+        self->end_write(w);
+        if (ec || !w->has_socket())
+            return; // the worker is gone: on_exit takes over
+        self->start_write(w);
+        self->maybe_shut(*w);
+    });
 }
 
 // The write is over; jobs parked for it are freed on the loop, without the mutex.
@@ -156,31 +150,49 @@ void core_impl::start_read(const link_ptr& w) {
     });
 }
 
+// Reads what has arrived (without the mutex: submitters are not kept waiting on the syscall)
+// and takes its frames; while a read finds data, reads again at once (a few times) before
+// waiting for the socket, as a speculative read would.
 void core_impl::on_read(const link_ptr& w, std::error_code ec) {
-    {
-        effects fx(*this); // delivered before the next read reuses the decoder's buffer
-        std::lock_guard lk(mu_);
-        if (!w->has_socket())
-            return;
-        try {
-            std::size_t n = 0;
-            if (!ec)
+    for (int round = 0;; ++round) {
+        std::size_t n = 0;
+        std::string bad; // the worker broke the protocol
+        if (!ec) {
+            try {
                 ec = w->receive(n);
+            } catch (const std::exception& e) {
+                bad = e.what();
+            }
+            if (ec == asio::error::would_block && round > 0)
+                break; // nothing more yet: wait for the socket
+        }
+        {
+            effects fx(*this); // delivered before the next read reuses the decoder's buffer
+            std::lock_guard lk(mu_);
+            if (!w->has_socket())
+                return;
             if (ec && ec != asio::error::would_block) {
                 w->eof = true;
                 if (w->has_exited())
                     finalize(w, fx);
                 return;
             }
-            w->dec.commit(n);
-            while (auto f = w->dec.next())
-                take_frame(w, *f, fx);
-        } catch (const std::exception& e) {
-            // A worker that speaks garbage is killed; its tasks fail or move on.
-            w->eof = true;
-            w->kill(kill_reason::protocol_error, e.what());
+            try {
+                if (!bad.empty())
+                    throw error(bad);
+                w->dec.commit(n);
+                while (auto f = w->dec.next())
+                    take_frame(w, *f, fx);
+            } catch (const std::exception& e) {
+                // A worker that speaks garbage is killed; its tasks fail or move on.
+                w->eof = true;
+                w->kill(kill_reason::protocol_error, e.what());
+            }
+            pump();
+            if (n == 0 || w->eof || round == 3)
+                break;
         }
-        pump();
+        ec = {};
     }
     std::lock_guard lk(mu_);
     start_read(w);

@@ -64,6 +64,7 @@ void worker_link::kill(kill_reason why, std::string message) noexcept {
 // Unregistered before they are closed, so a reused number is never taken for ours.
 void worker_link::release_io() noexcept {
     std::error_code ignored;
+    std::unique_lock reading(read_mu_);
     if (sock_) {
         unregister_private_fd(sock_->native_handle());
         sock_->close(ignored);
@@ -76,6 +77,7 @@ void worker_link::release_io() noexcept {
         if (t)
             t->cancel();
     sock_.reset();
+    reading.unlock();
     pidfd_.reset();
     grace_.reset();
     cancel_grace_.reset();
@@ -186,6 +188,7 @@ std::error_code worker_link::send_some() {
 
 std::error_code worker_link::receive(std::size_t& n) {
     n = 0;
+    std::lock_guard lk(read_mu_);
     if (!sock_)
         return asio::error::bad_descriptor;
     const auto area = dec.write_area();

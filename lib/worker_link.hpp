@@ -19,6 +19,7 @@
 #include <deque>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <sys/types.h>
@@ -116,7 +117,9 @@ class worker_link {
     /// Reads what has arrived of the worker's replies into the decoder without blocking (the
     /// memfds passed with them to `fds`); sets `n` to the bytes read. Returns asio::error::eof
     /// at end of stream, would_block if nothing is there; throws coproc::error if the worker
-    /// passed more descriptors than a message may carry. Under the pool's mutex.
+    /// passed more descriptors than a message may carry. Called without the pool's mutex by
+    /// the one read under way (it alone touches the decoder's free space and pushes to `fds`);
+    /// its own lock keeps the socket from being closed meanwhile.
     std::error_code receive(std::size_t& n);
     /// The memfd of the next out-of-line reply; throws coproc::error if none came.
     payload_fd take_fd();
@@ -163,6 +166,7 @@ class worker_link {
     kill_reason reason_ = kill_reason::none;
     std::string protocol_error_;
     std::optional<int> status_; // its wait status, once known
+    std::mutex read_mu_; // receive() against release_io() closing the socket
     std::unique_ptr<socket_t> sock_;
     std::unique_ptr<asio::posix::stream_descriptor> pidfd_;
     std::unique_ptr<asio::steady_timer> grace_;
