@@ -293,6 +293,7 @@ core_impl::effects::~effects() {
             j.sink->on_result(j, r.f.payload);
         else
             j.sink->on_error(j, decode_exception(r.f.payload, describe(j)));
+        r.mapped.reset(); // decoded: nothing of it is kept
     }
     replies_.clear();
     if (!failed_.empty()) {

@@ -108,13 +108,25 @@ void core_impl::maybe_shut(worker_link& w) {
     w.shut();
 }
 
+// The write stays under way until its completion runs on the loop, so that jobs submitted
+// meanwhile are batched into the next one.
 void core_impl::start_write(const link_ptr& w) {
-    if (!w->begin_write())
-        return;
-    w->async_write([self = shared_from_this(), w](std::error_code ec) {
-        std::vector<job_ptr> written; // freed without the mutex
+    if (w->begin_write())
+        continue_write(w, {});
+}
+
+// Sends what it can of the write under way; waits for room, or completes it.
+void core_impl::continue_write(const link_ptr& w, std::error_code ec) {
+    if (!ec && w->has_socket())
+        ec = w->send_some();
+    if (ec == asio::error::would_block)
+        return w->async_wait_writable([self = shared_from_this(), w](std::error_code ec) {
+            std::lock_guard lk(self->mu_);
+            self->continue_write(w, ec);
+        });
+    asio::post(ex_, [self = shared_from_this(), w, ec] {
         std::lock_guard lk(self->mu_);
-        written = w->end_write();
+        self->end_write(w);
         if (ec || !w->has_socket())
             return; // the worker is gone: on_exit takes over
         self->start_write(w);
@@ -122,29 +134,53 @@ void core_impl::start_write(const link_ptr& w) {
     });
 }
 
+// The write is over; jobs parked for it are freed on the loop, without the mutex.
+void core_impl::end_write(const link_ptr& w) {
+    if (auto parked = w->end_write(); !parked.empty())
+        asio::post(ex_, [parked = std::make_shared<std::vector<job_ptr>>(std::move(parked))] {});
+}
+
 // ---------------------------------------------------------------- replies
 
 void core_impl::start_read(const link_ptr& w) {
     if (!w->has_socket() || w->eof)
         return;
-    w->async_read([self = shared_from_this(), w](std::error_code ec, std::size_t n) {
-        self->on_read(w, ec, n);
+    w->async_wait_readable([self = shared_from_this(), w](std::error_code ec) {
+        self->on_read(w, ec);
     });
 }
 
-void core_impl::on_read(const link_ptr& w, std::error_code ec, std::size_t n) {
-    {
-        effects fx(*this); // delivered before the next read reuses the decoder's buffer
-        std::lock_guard lk(mu_);
-        if (!w->has_socket())
-            return;
-        if (ec) {
-            w->eof = true;
-            if (w->has_exited())
-                finalize(w, fx);
-        } else {
-            w->dec.commit(n);
+// Reads what has arrived (without the mutex: submitters are not kept waiting on the syscall)
+// and takes its frames; while a read finds data, reads again at once (a few times) before
+// waiting for the socket, as a speculative read would.
+void core_impl::on_read(const link_ptr& w, std::error_code ec) {
+    for (int round = 0;; ++round) {
+        std::size_t n = 0;
+        std::string bad; // the worker broke the protocol
+        if (!ec) {
             try {
+                ec = w->receive(n);
+            } catch (const std::exception& e) {
+                bad = e.what();
+            }
+            if (ec == asio::error::would_block && round > 0)
+                break; // nothing more yet: wait for the socket
+        }
+        {
+            effects fx(*this); // delivered before the next read reuses the decoder's buffer
+            std::lock_guard lk(mu_);
+            if (!w->has_socket())
+                return;
+            if (ec && ec != asio::error::would_block) {
+                w->eof = true;
+                if (w->has_exited())
+                    finalize(w, fx);
+                return;
+            }
+            try {
+                if (!bad.empty())
+                    throw error(bad);
+                w->dec.commit(n);
                 while (auto f = w->dec.next())
                     take_frame(w, *f, fx);
             } catch (const std::exception& e) {
@@ -153,7 +189,10 @@ void core_impl::on_read(const link_ptr& w, std::error_code ec, std::size_t n) {
                 w->kill(kill_reason::protocol_error, e.what());
             }
             pump();
+            if (n == 0 || w->eof || round == 3)
+                break;
         }
+        ec = {};
     }
     std::lock_guard lk(mu_);
     start_read(w);
@@ -166,15 +205,27 @@ void core_impl::take_frame(const link_ptr& w, const frame& f, effects& fx) {
         if (w->inflight.empty() || w->inflight.front()->id != f.id)
             throw error("protocol error: a worker answered task " + std::to_string(f.id) +
                         ", which it was not running");
+        mapped_payload mapped; // a result out of line: mapped until it is delivered
+        frame reply = f;
+        if (f.out_of_line()) {
+            if (f.kind != frame_kind::result || !f.split().first.empty())
+                throw error("malformed reply: out of line, but not a result");
+            mapped = mapped_payload(w->take_fd(), f.split().second);
+            reply.payload = mapped.bytes();
+        }
         job_ptr j = std::move(w->inflight.front());
         w->inflight.pop_front();
         w->answered = true;
+        if (!w->writing) // answered: its arguments are never sent again
+            j->payload.reset();
         if (f.kind == frame_kind::result)
             dispatcher_.note_duration(f.aux);
-        fx.reply(std::move(j), f);
+        fx.reply(std::move(j), reply, std::move(mapped));
         return;
     }
     case frame_kind::init_failed: {
+        if (f.out_of_line())
+            throw error("malformed frame: an initializer failure out of line");
         if (w->answered) // an initializer runs before the first task, not after
             throw error("protocol error: a worker reported a failed initializer after it had "
                         "answered tasks");

@@ -71,8 +71,11 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         effects(const effects&) = delete;
         effects& operator=(const effects&) = delete;
 
-        /// Delivers `f`, the reply to `j` (its payload must stay valid until then).
-        void reply(job_ptr j, const frame& f) { replies_.push_back({std::move(j), f}); }
+        /// Delivers `f`, the reply to `j` (its payload must stay valid until then; `mapped`, the
+        /// payload out of line, is unmapped once it is).
+        void reply(job_ptr j, const frame& f, mapped_payload mapped = {}) {
+            replies_.push_back({std::move(j), f, std::move(mapped)});
+        }
         /// Fails `j` with `e`; join() waits until it is delivered. `writer`: the worker whose
         /// write under way may still read the job's frame. Under mu_.
         void fail(job_ptr j, std::exception_ptr e, link_ptr writer = nullptr);
@@ -83,6 +86,7 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
         struct reply_to {
             job_ptr j;
             frame f;
+            mapped_payload mapped;
         };
         struct failure {
             job_ptr j;
@@ -112,10 +116,12 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     void pump();
     void maybe_shut(worker_link& w);
     void start_write(const link_ptr& w);
+    void continue_write(const link_ptr& w, std::error_code ec);
+    void end_write(const link_ptr& w);
     void start_read(const link_ptr& w);
     void start_wait(const link_ptr& w);
     void start_events();
-    void on_read(const link_ptr& w, std::error_code ec, std::size_t n);
+    void on_read(const link_ptr& w, std::error_code ec);
     void take_frame(const link_ptr& w, const frame& f, effects& fx);
     void on_exit(const link_ptr& w);
     void on_unreported_exit(const link_ptr& w);

@@ -2,7 +2,13 @@
 #include <coproc/detail/wire.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <fcntl.h>
 #include <string>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace coproc::detail {
 
@@ -42,12 +48,14 @@ std::optional<frame> frame_decoder::next() {
     if (h.kind < static_cast<std::uint16_t>(frame_kind::task) ||
         h.kind > static_cast<std::uint16_t>(frame_kind::init_failed))
         throw error("malformed frame: unknown frame kind " + std::to_string(h.kind));
-    if (h.flags != 0)
+    if (h.flags != 0 && h.flags != frame_out_of_line)
         throw error("malformed frame: unknown flags " + std::to_string(h.flags));
+    if (h.flags == frame_out_of_line && h.size < sizeof(std::uint64_t))
+        throw error("malformed frame: an out-of-line frame without its byte count");
     if (have < sizeof(frame_header) + h.size)
         return std::nullopt;
     frame f{static_cast<frame_kind>(h.kind), h.id, h.aux,
-            {buf_.data() + begin_ + sizeof(frame_header), h.size}};
+            {buf_.data() + begin_ + sizeof(frame_header), h.size}, h.flags};
     begin_ += sizeof(frame_header) + h.size;
     return f;
 }
@@ -61,7 +69,7 @@ std::size_t begin_frame(std::vector<char>& out, frame_kind kind, std::uint64_t i
     return at;
 }
 
-void end_frame(std::vector<char>& out, std::size_t at, std::uint64_t aux) {
+void end_frame(std::vector<char>& out, std::size_t at, std::uint64_t aux, std::uint16_t flags) {
     const std::size_t size = out.size() - at - sizeof(frame_header);
     if (size > max_frame_payload)
         throw error("message of " + std::to_string(size) +
@@ -69,7 +77,101 @@ void end_frame(std::vector<char>& out, std::size_t at, std::uint64_t aux) {
     auto h = read_header(out.data() + at);
     h.size = static_cast<std::uint32_t>(size);
     h.aux = aux;
+    h.flags = flags;
     std::memcpy(out.data() + at, &h, sizeof h);
+}
+
+namespace {
+std::atomic<int> live_payload_fds{0};
+} // namespace
+
+payload_fd::payload_fd(int fd) noexcept : fd_(fd) {
+    if (fd_ >= 0)
+        live_payload_fds.fetch_add(1, std::memory_order_relaxed);
+}
+
+void payload_fd::reset() noexcept {
+    if (fd_ >= 0) {
+        ::close(fd_);
+        live_payload_fds.fetch_sub(1, std::memory_order_relaxed);
+    }
+    fd_ = -1;
+}
+
+namespace {
+
+// A sealed memfd holding `bytes`, or no descriptor (errno set) if one cannot be made.
+payload_fd sealed_copy(std::span<const char> bytes) {
+    payload_fd fd(::memfd_create("coproc-payload", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!fd)
+        return fd;
+    const char* p = bytes.data();
+    std::size_t n = bytes.size();
+    while (n > 0) {
+        const ssize_t w = ::write(fd.get(), p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return {};
+        p += w;
+        n -= static_cast<std::size_t>(w);
+    }
+    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0)
+        return {};
+    return fd;
+}
+
+} // namespace
+
+payload_fd move_out_of_line(std::vector<char>& out, std::size_t at, std::size_t keep) {
+    const std::size_t from = at + sizeof(frame_header) + keep;
+    const std::size_t n = out.size() - from;
+    const bool fits = out.size() - at - sizeof(frame_header) <= max_frame_payload;
+    if (n <= out_of_line_threshold ||
+        (fits && live_payload_fds.load(std::memory_order_relaxed) >= payload_fd::max_payload_fds))
+        return {};
+    payload_fd fd = sealed_copy({out.data() + from, n});
+    if (!fd) {
+        if (fits)
+            return fd; // inline, then
+        throw error("message of " + std::to_string(n) +
+                    " bytes exceeds the 1 GiB inline frame limit and no memfd could be made "
+                    "for it: " + std::strerror(errno));
+    }
+    const std::uint64_t count = n;
+    out.resize(from + sizeof count);
+    std::memcpy(out.data() + from, &count, sizeof count);
+    out.shrink_to_fit(); // the large buffer is not kept
+    return fd;
+}
+
+mapped_payload::mapped_payload(payload_fd fd, std::uint64_t size) {
+    const int seals = ::fcntl(fd.get(), F_GET_SEALS);
+    if (seals < 0)
+        throw error("malformed out-of-line payload: its descriptor is not a memfd");
+    constexpr int needed = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+    if ((seals & needed) != needed)
+        throw error("malformed out-of-line payload: its memfd is not sealed against shrinking, "
+                    "growing and writing");
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0)
+        throw error(std::string("out-of-line payload: fstat failed: ") + std::strerror(errno));
+    if (size == 0 || static_cast<std::uint64_t>(st.st_size) != size)
+        throw error("malformed out-of-line payload: the frame claims " + std::to_string(size) +
+                    " bytes, its memfd holds " + std::to_string(st.st_size));
+    void* m = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd.get(), 0);
+    if (m == MAP_FAILED)
+        throw error("out-of-line payload of " + std::to_string(size) +
+                    " bytes could not be mapped: " + std::strerror(errno));
+    data_ = static_cast<const char*>(m);
+    size_ = size;
+}
+
+void mapped_payload::reset() noexcept {
+    if (data_)
+        ::munmap(const_cast<char*>(data_), size_);
+    data_ = nullptr;
+    size_ = 0;
 }
 
 } // namespace coproc::detail

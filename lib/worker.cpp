@@ -5,6 +5,7 @@
 #include <coproc/detail/function_id.hpp>
 #include <coproc/detail/wire.hpp>
 #include "child_setup.hpp"
+#include "io.hpp"
 #include "transport.hpp"
 
 #include <cerrno>
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <link.h>
 #include <mutex>
 #include <pthread.h>
@@ -25,6 +27,8 @@
 #include <unistd.h>
 
 namespace coproc::detail {
+
+static_assert(sizeof(task_prefix) == task_prefix_bytes);
 
 std::int64_t monotonic_ns() noexcept {
     timespec ts;
@@ -71,20 +75,25 @@ std::uint64_t stop_seq = 0;
     _exit(code);
 }
 
-// Writes all of `out` or exits: a parent that stopped reading is gone.
-void write_all(int fd, std::vector<char>& out) noexcept {
-    const char* p = out.data();
-    std::size_t n = out.size();
+// Writes all of [p, p + n) or exits: a parent that stopped reading is gone. `pass` (unless
+// negative) goes with the first byte (SCM_RIGHTS).
+void send_all(int fd, const char* p, std::size_t n, int pass = -1) noexcept {
     while (n > 0) {
-        const ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+        iovec iov{const_cast<char*>(p), n};
+        const ssize_t w = send_with_fd(fd, {&iov, 1}, pass, 0);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
             finish(0);
         }
+        pass = -1;
         p += w;
         n -= static_cast<std::size_t>(w);
     }
+}
+
+void write_all(int fd, std::vector<char>& out) noexcept {
+    send_all(fd, out.data(), out.size());
     out.clear();
 }
 
@@ -131,6 +140,18 @@ class reply_writer {
         } else if (!out.empty()) {
             write_all(fd_, out);
         }
+    }
+
+    /// Writes what is held, then `out`, whose frame at `at` carries out-of-line payload `fd`:
+    /// the descriptor goes in the sendmsg that starts with that frame's header.
+    void write(std::vector<char>& out, std::size_t at, int fd) {
+        std::lock_guard lk(m_);
+        armed_ = false;
+        if (!held_.empty())
+            write_held();
+        send_all(fd_, out.data(), at);
+        send_all(fd_, out.data() + at, out.size() - at, fd);
+        out.clear();
     }
 
   private:
@@ -217,6 +238,10 @@ class worker {
                 if (!out_.empty())
                     replies_.hold(out_);
                 run_frame(*f, ++seq_);
+                if (reply_fd_) { // an out-of-line result goes at once, with its memfd
+                    replies_.write(out_, reply_at_, reply_fd_.get());
+                    reply_fd_.reset();
+                }
                 if (cfg_.maxtasks && ++done >= cfg_.maxtasks) {
                     replies_.write(out_);
                     finish(0);
@@ -229,7 +254,10 @@ class worker {
             if (out_.capacity() > max_kept_buffer) // a large result's buffer is not kept
                 std::vector<char>().swap(out_);
             const auto area = dec.write_area();
-            const ssize_t n = ::read(fd_, area.data(), area.size());
+            iovec iov{area.data(), area.size()};
+            unique_fd passed[max_passed_fds];
+            bool truncated = false;
+            const ssize_t n = recv_with_fds(fd_, {&iov, 1}, passed, 0, &truncated);
             if (n == 0)
                 finish(0); // the pool closed our socket: close() or the parent is gone
             if (n < 0) {
@@ -237,6 +265,14 @@ class worker {
                     continue;
                 finish(0);
             }
+            if (truncated) { // the pool passes one descriptor per message
+                std::fprintf(stderr, "coproc worker %d: too many descriptors in one message\n",
+                             getpid());
+                finish(70);
+            }
+            for (auto& p : passed)
+                if (p)
+                    fds_.emplace_back(p.release());
             dec.commit(static_cast<std::size_t>(n));
         }
     }
@@ -268,6 +304,17 @@ class worker {
         return entry;
     }
 
+    // The descriptor of out-of-line frame `f`: the oldest one received and not yet taken.
+    payload_fd take_fd(const frame& f) {
+        if (!f.out_of_line())
+            return {};
+        if (fds_.empty())
+            throw coproc::error("malformed task frame: out of line, but no descriptor came with it");
+        payload_fd fd = std::move(fds_.front());
+        fds_.pop_front();
+        return fd;
+    }
+
     // Runs frame number `seq` (counted from 1, as the parent numbers the frames it sends).
     void run_frame(const frame& f, std::uint64_t seq) {
         const std::int64_t t0 = monotonic_ns();
@@ -280,6 +327,7 @@ class worker {
         const std::size_t at = begin_frame(out_, frame_kind::result, f.id, 0);
         std::uint64_t item = 0;
         try {
+            payload_fd fd = take_fd(f); // taken first: a skipped frame still consumes its own
             if (slot_->is_cancelled(seq))
                 throw coproc::error("the task was cancelled before it started");
             if (f.kind != frame_kind::task)
@@ -289,9 +337,18 @@ class worker {
                 throw coproc::error("malformed task frame: shorter than its function id");
             std::memcpy(&p, f.payload.data(), sizeof p);
             const task_entry* entry = resolve(p);
-            reader in(f.payload.subspan(sizeof p));
+            std::span<const char> args = f.payload.subspan(sizeof p);
+            mapped_payload mapped; // the arguments out of line, unmapped once decoded
+            if (fd) {
+                const auto [inline_part, count] = f.split();
+                if (inline_part.size() != sizeof p)
+                    throw coproc::error("malformed task frame: out of line, with arguments inline");
+                mapped = mapped_payload(std::move(fd), count);
+                args = mapped.bytes();
+            }
+            reader in(args);
             {
-                writer w(out_, at + sizeof(frame_header) + max_frame_payload);
+                writer w(out_); // large results go out of line, bounded by memory only
                 entry->invoke(
                     reinterpret_cast<erased_fn>(reinterpret_cast<std::uintptr_t>(&function_anchor) +
                                                 static_cast<std::uintptr_t>(p.fn)),
@@ -299,10 +356,15 @@ class worker {
             }
             if (in.remaining() != 0)
                 throw coproc::error("malformed task frame: bytes left after the arguments");
+            mapped.reset();
+            reply_fd_ = move_out_of_line(out_, at, 0);
+            reply_at_ = at;
             const std::int64_t dt = monotonic_ns() - t0;
-            end_frame(out_, at, static_cast<std::uint64_t>(dt));
+            end_frame(out_, at, static_cast<std::uint64_t>(dt),
+                      reply_fd_ ? frame_out_of_line : 0);
             avg_ns_ += (dt - avg_ns_) / 8;
         } catch (...) {
+            reply_fd_.reset();
             out_.resize(at);
             const std::size_t eat = begin_frame(out_, frame_kind::error, f.id, item);
             encode_current_exception(out_);
@@ -318,6 +380,9 @@ class worker {
     const worker_config& cfg_;
     reply_writer replies_;
     std::vector<char> out_;
+    std::deque<payload_fd> fds_; // descriptors received, not yet taken by their frames
+    payload_fd reply_fd_;        // the memfd of the reply at reply_at_ in out_, if out of line
+    std::size_t reply_at_ = 0;
     std::int64_t avg_ns_ = 0;
     std::uint64_t seq_ = 0; // frames received
 };

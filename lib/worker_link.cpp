@@ -15,6 +15,10 @@ namespace coproc::detail {
 
 namespace {
 constexpr std::size_t small_frame = 8 * 1024;
+// The most iovecs one sendmsg takes here.
+constexpr std::size_t max_iov = 64;
+// The most memfds a worker may pass ahead of the frames that claim them.
+constexpr std::size_t max_unclaimed_fds = 16;
 } // namespace
 
 std::string describe(const job& j) {
@@ -60,6 +64,7 @@ void worker_link::kill(kill_reason why, std::string message) noexcept {
 // Unregistered before they are closed, so a reused number is never taken for ours.
 void worker_link::release_io() noexcept {
     std::error_code ignored;
+    std::unique_lock reading(read_mu_);
     if (sock_) {
         unregister_private_fd(sock_->native_handle());
         sock_->close(ignored);
@@ -72,6 +77,7 @@ void worker_link::release_io() noexcept {
         if (t)
             t->cancel();
     sock_.reset();
+    reading.unlock();
     pidfd_.reset();
     grace_.reset();
     cancel_grace_.reset();
@@ -117,12 +123,15 @@ std::exception_ptr worker_link::result_lost_error(const job& j) const {
 }
 
 // Small frames are copied together into one staging buffer, large ones are referenced where
-// they are: one writev for the whole batch.
+// they are, and an out-of-line frame starts a buffer of its own (its memfd goes with it): one
+// sendmsg for the whole batch, or one per out-of-line frame.
 bool worker_link::begin_write() {
     if (writing || to_send.empty() || !sock_)
         return false;
     bufs_.clear();
+    passes_.clear();
     staging_.clear();
+    next_ = offset_ = 0;
     std::size_t small = 0;
     for (const job* j : to_send)
         if (j->frame.size() <= small_frame)
@@ -130,24 +139,86 @@ bool worker_link::begin_write() {
     staging_.reserve(small); // no reallocation below: the buffers point into it
     bool last_staged = false;
     for (const job* j : to_send) {
-        if (j->frame.size() <= small_frame) {
-            const std::size_t at = staging_.size();
+        const bool staged = j->frame.size() <= small_frame;
+        char* data = staged ? staging_.data() + staging_.size() : const_cast<char*>(j->frame.data());
+        if (staged)
             staging_.insert(staging_.end(), j->frame.begin(), j->frame.end());
-            if (last_staged) {
-                auto& b = bufs_.back();
-                b = asio::const_buffer(b.data(), b.size() + j->frame.size());
-            } else {
-                bufs_.emplace_back(staging_.data() + at, j->frame.size());
-            }
-            last_staged = true;
+        if (staged && last_staged && !j->payload) {
+            bufs_.back().iov_len += j->frame.size();
         } else {
-            bufs_.emplace_back(j->frame.data(), j->frame.size());
-            last_staged = false;
+            bufs_.push_back({data, j->frame.size()});
+            passes_.push_back(j->payload.get());
         }
+        last_staged = staged;
     }
     to_send.clear();
     writing = true;
     return true;
+}
+
+std::error_code worker_link::send_some() {
+    if (!sock_)
+        return asio::error::bad_descriptor;
+    while (next_ < bufs_.size()) {
+        // From bufs_[next_] up to the next buffer whose first byte carries a memfd.
+        iovec iov[max_iov];
+        std::size_t count = 0;
+        for (std::size_t i = next_;
+             i < bufs_.size() && count < max_iov && (i == next_ || passes_[i] < 0); ++i)
+            iov[count++] = bufs_[i];
+        iov[0].iov_base = static_cast<char*>(iov[0].iov_base) + offset_;
+        iov[0].iov_len -= offset_;
+        const int pass = offset_ == 0 ? passes_[next_] : -1;
+        const ssize_t n =
+            send_with_fd(sock_->native_handle(), {iov, count}, pass, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (would_block())
+                return asio::error::would_block;
+            return {errno, std::system_category()};
+        }
+        std::size_t left = static_cast<std::size_t>(n) + offset_;
+        while (next_ < bufs_.size() && left >= bufs_[next_].iov_len)
+            left -= bufs_[next_++].iov_len;
+        offset_ = left;
+    }
+    return {};
+}
+
+std::error_code worker_link::receive(std::size_t& n) {
+    n = 0;
+    std::lock_guard lk(read_mu_);
+    if (!sock_)
+        return asio::error::bad_descriptor;
+    const auto area = dec.write_area();
+    iovec iov{area.data(), area.size()};
+    unique_fd passed[max_passed_fds];
+    bool truncated = false;
+    ssize_t r;
+    do
+        r = recv_with_fds(sock_->native_handle(), {&iov, 1}, passed, MSG_DONTWAIT, &truncated);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return would_block() ? std::error_code(asio::error::would_block)
+                             : std::error_code(errno, std::system_category());
+    if (r == 0)
+        return asio::error::eof;
+    for (auto& p : passed)
+        if (p)
+            fds.emplace_back(p.release());
+    if (truncated || fds.size() > max_unclaimed_fds)
+        throw error("protocol error: a worker passed descriptors no frame of it claims");
+    n = static_cast<std::size_t>(r);
+    return {};
+}
+
+payload_fd worker_link::take_fd() {
+    if (fds.empty())
+        throw error("malformed reply: out of line, but no descriptor came with it");
+    payload_fd fd = std::move(fds.front());
+    fds.pop_front();
+    return fd;
 }
 
 std::vector<job_ptr> worker_link::end_write() {

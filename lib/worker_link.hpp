@@ -12,7 +12,6 @@
 #include <asio/local/stream_protocol.hpp>
 #include <asio/posix/stream_descriptor.hpp>
 #include <asio/steady_timer.hpp>
-#include <asio/write.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -20,9 +19,11 @@
 #include <deque>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <utility>
 #include <vector>
 
@@ -98,26 +99,30 @@ class worker_link {
     /// Moves the jobs of to_send into one write: returns false if a write is under way or
     /// there is nothing to send (or no socket), else sets `writing`.
     bool begin_write();
-    /// Writes the buffers begin_write() built; `handler(error_code)` completes it.
-    template <class Handler> void async_write(Handler&& handler) {
-        // transfer_all() would cap each writev at 64 KiB; ask for everything that is left.
-        const std::size_t total = asio::buffer_size(bufs_);
-        auto all_of_it = [total](const std::error_code& ec, std::size_t done) -> std::size_t {
-            return ec || done >= total ? 0 : total - done;
-        };
-        asio::async_write(*sock_, bufs_, all_of_it,
-                          [h = std::forward<Handler>(handler)](std::error_code ec,
-                                                               std::size_t) mutable { h(ec); });
+    /// Sends what it can of the write begin_write() built without blocking (each out-of-line
+    /// frame's memfd in the sendmsg that starts with its header): no error once all is sent,
+    /// asio::error::would_block if the socket is full. Under the pool's mutex.
+    std::error_code send_some();
+    /// Calls `handler(error_code)` once the socket is writable.
+    template <class Handler> void async_wait_writable(Handler&& handler) {
+        sock_->async_wait(socket_t::wait_write, std::forward<Handler>(handler));
     }
     /// The write is over: returns the parked jobs, to be freed without the pool's mutex.
     std::vector<job_ptr> end_write();
 
-    /// Reads more of the worker's replies into the decoder; `handler(error_code, size_t)`.
-    template <class Handler> void async_read(Handler&& handler) {
-        const auto area = dec.write_area();
-        sock_->async_read_some(asio::buffer(area.data(), area.size()),
-                               std::forward<Handler>(handler));
+    /// Calls `handler(error_code)` once the socket is readable (see receive()).
+    template <class Handler> void async_wait_readable(Handler&& handler) {
+        sock_->async_wait(socket_t::wait_read, std::forward<Handler>(handler));
     }
+    /// Reads what has arrived of the worker's replies into the decoder without blocking (the
+    /// memfds passed with them to `fds`); sets `n` to the bytes read. Returns asio::error::eof
+    /// at end of stream, would_block if nothing is there; throws coproc::error if the worker
+    /// passed more descriptors than a message may carry. Called without the pool's mutex by
+    /// the one read under way (it alone touches the decoder's free space and pushes to `fds`);
+    /// its own lock keeps the socket from being closed meanwhile.
+    std::error_code receive(std::size_t& n);
+    /// The memfd of the next out-of-line reply; throws coproc::error if none came.
+    payload_fd take_fd();
     /// Waits until the pidfd is readable (the process exited); `handler(error_code)`.
     template <class Handler> void async_wait_exit(Handler&& handler) {
         pidfd_->async_wait(asio::posix::descriptor_base::wait_read, std::forward<Handler>(handler));
@@ -143,6 +148,7 @@ class worker_link {
     std::vector<job*> to_send;    // not yet part of a write
     std::vector<job_ptr> parked;  // failed jobs whose frames the write in progress still reads
     frame_decoder dec;
+    std::deque<payload_fd> fds; // memfds received, not yet taken by their frames
     std::uint64_t assigned = 0;  // jobs handed to it, for maxtasksperchild
     std::uint64_t sent = 0;      // the last frame number (job::seq) given to it
     std::int64_t idle_since = 0; // for timeouts: when an idle worker with work was first seen
@@ -160,12 +166,16 @@ class worker_link {
     kill_reason reason_ = kill_reason::none;
     std::string protocol_error_;
     std::optional<int> status_; // its wait status, once known
+    std::mutex read_mu_; // receive() against release_io() closing the socket
     std::unique_ptr<socket_t> sock_;
     std::unique_ptr<asio::posix::stream_descriptor> pidfd_;
     std::unique_ptr<asio::steady_timer> grace_;
     std::unique_ptr<asio::steady_timer> cancel_grace_;
-    std::vector<char> staging_;            // the small frames of the write in progress
-    std::vector<asio::const_buffer> bufs_; // the write in progress
+    std::vector<char> staging_; // the small frames of the write in progress
+    std::vector<iovec> bufs_;   // the write in progress, from bufs_[next_] + offset_ on
+    std::vector<int> passes_;   // per buffer: the memfd to pass with its first byte, or -1
+    std::size_t next_ = 0;
+    std::size_t offset_ = 0;
 };
 using link_ptr = std::shared_ptr<worker_link>;
 

@@ -22,6 +22,7 @@
 #include <sstream>
 #include <string>
 #include <system_error>
+#include <sys/socket.h>
 #include <thread>
 #include <unistd.h>
 
@@ -111,6 +112,22 @@ inline std::set<int> socket_fds() {
         closedir(d);
     }
     return out;
+}
+
+/// In a pool worker: its own socket, the only AF_UNIX stream socket above stderr (with
+/// pool_options::close_fds, which closes every other descriptor).
+inline int own_socket() {
+    for (int fd = 3; fd < 1024; ++fd) {
+        int type = 0, domain = 0;
+        socklen_t len = sizeof type;
+        if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
+            continue;
+        len = sizeof domain;
+        if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_UNIX &&
+            type == SOCK_STREAM)
+            return fd;
+    }
+    return -1;
 }
 
 inline int fd_count() {

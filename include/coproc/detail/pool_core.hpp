@@ -56,6 +56,7 @@ class task_sink : public std::enable_shared_from_this<task_sink> {
 
 struct job {
     std::vector<char> frame; // the request frame; its id is set when submitted
+    payload_fd payload;      // its arguments, when they travel out of line (see wire.hpp)
     std::shared_ptr<task_sink> sink;
     std::size_t chunk = 0; // index of this job within its call
     std::uint64_t id = 0;
@@ -81,10 +82,11 @@ job_ptr make_job(Fp fn, WriteItems&& write_items, std::shared_ptr<task_sink> sin
     append_task_prefix(out, &task_entry_for<Fp>, reinterpret_cast<erased_fn>(fn));
     std::uint64_t count;
     {
-        writer w(out, at + sizeof(frame_header) + max_frame_payload); // refused as it grows
+        writer w(out); // large arguments go out of line, bounded by memory only
         count = static_cast<std::uint64_t>(write_items(w));
     }
-    end_frame(out, at, count);
+    j->payload = move_out_of_line(out, at, task_prefix_bytes);
+    end_frame(out, at, count, j->payload ? frame_out_of_line : 0);
     j->sink = std::move(sink);
     j->chunk = chunk;
     j->name = task_entry_for<Fp>.name;
