@@ -15,6 +15,7 @@
 
 #include <coproc/detail/handler_slot.hpp>
 #include <coproc/detail/pool_core.hpp>
+#include "adaptive_mutex.hpp"
 #include "dispatcher.hpp"
 #include "timeout_watch.hpp"
 #include "worker_link.hpp"
@@ -143,8 +144,8 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     dispatcher dispatcher_;
     timeout_watch watch_;
 
-    mutable std::mutex mu_;
-    std::condition_variable join_cv_;
+    mutable adaptive_mutex mu_;
+    std::condition_variable_any join_cv_;
     run_state state_ = run_state::running;
     std::exception_ptr broken_;
     std::vector<link_ptr> links_;

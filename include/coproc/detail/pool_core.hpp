@@ -65,6 +65,9 @@ struct job {
 };
 using job_ptr = std::unique_ptr<job>;
 
+/// Room reserved up front for a request frame: its header, task prefix and a few arguments.
+inline constexpr std::size_t small_frame_bytes = 256;
+
 void append_task_prefix(std::vector<char>& out, const task_entry* entry, erased_fn fn);
 
 /// Inside a catch block: the error for a reply to `j` whose results could not be decoded (a
@@ -78,6 +81,7 @@ job_ptr make_job(Fp fn, WriteItems&& write_items, std::shared_ptr<task_sink> sin
                  std::size_t chunk) {
     auto j = std::make_unique<job>();
     auto& out = j->frame;
+    out.reserve(small_frame_bytes); // a small task's frame is allocated once
     const auto at = begin_frame(out, frame_kind::task, 0, 0);
     append_task_prefix(out, &task_entry_for<Fp>, reinterpret_cast<erased_fn>(fn));
     std::uint64_t count;
