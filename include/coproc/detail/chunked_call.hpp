@@ -168,14 +168,19 @@ class chunked_call : public task_sink {
         in_flight_bytes_ -= j.frame.size();
     }
 
-    /// Encodes and submits chunks until the window is full or the input ends. Throws only if
-    /// the pool refuses the jobs (terminated).
+    /// Encodes and submits chunks until the window is full or the input ends. While chunks
+    /// are in flight it waits until an eighth of the window is free, so that a stream of small
+    /// replies is answered by one submission (and one write) per batch, not one per reply.
+    /// Throws only if the pool refuses the jobs (terminated).
     void refill() {
         std::vector<job_ptr> jobs;
         std::exception_ptr input_error;
         bool ended = false;
         {
             std::lock_guard lk(m_);
+            const std::size_t busy = in_flight_ + buffered();
+            if (in_flight_ != 0 && busy < max_chunks_ && max_chunks_ - busy < (max_chunks_ + 7) / 8)
+                return;
             try {
                 while (!input_done_ && in_flight_ + buffered() < max_chunks_ &&
                        (in_flight_bytes_ < max_bytes || in_flight_ == 0)) {
