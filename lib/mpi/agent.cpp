@@ -132,7 +132,7 @@ class agent {
         try {
             if (!core)
                 throw pool_closed("the agent's pool is not running");
-            auto j = std::make_unique<job>();
+            auto j = new_job();
             j->frame = task_frame(message);
             j->sink = std::make_shared<reply_sink>(p_, comm_, id);
             j->name = task_placeholder; // rank 0 names the task in messages

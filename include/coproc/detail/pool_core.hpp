@@ -63,7 +63,20 @@ struct job {
     std::uint64_t seq = 0; // its number among the frames sent to its worker (1, 2, ...)
     std::string_view name; // the function's type, for error messages
 };
-using job_ptr = std::unique_ptr<job>;
+/// Jobs are made on the submitting thread and freed on the pool's loop thread. Rather than
+/// going back to malloc across threads (both threads then fight over one malloc arena's
+/// lock), a freed job is kept for reuse: in a small cache of the freeing thread, moved in
+/// batches through a shared depot to the threads that make jobs. A reused job keeps its frame's
+/// capacity (up to job_kept_frame_bytes). Freeing a job drops its sink and closes its memfd at
+/// once, as deleting it would.
+struct job_recycler {
+    void operator()(job* j) const noexcept;
+};
+using job_ptr = std::unique_ptr<job, job_recycler>;
+/// An empty job, reused if one is kept.
+job_ptr new_job();
+
+inline constexpr std::size_t job_kept_frame_bytes = 1024;
 
 /// Room reserved up front for a request frame: its header, task prefix and a few arguments.
 inline constexpr std::size_t small_frame_bytes = 256;
@@ -79,7 +92,7 @@ std::exception_ptr undecodable_result(const job& j) noexcept;
 template <class Fp, class WriteItems>
 job_ptr make_job(Fp fn, WriteItems&& write_items, std::shared_ptr<task_sink> sink,
                  std::size_t chunk) {
-    auto j = std::make_unique<job>();
+    job_ptr j = new_job();
     auto& out = j->frame;
     out.reserve(small_frame_bytes); // a small task's frame is allocated once
     const auto at = begin_frame(out, frame_kind::task, 0, 0);
