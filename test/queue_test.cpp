@@ -135,18 +135,8 @@ int memfd_holding(const std::string& bytes, bool sealed) {
 void send_out_of_line(int sock, int memfd, std::uint64_t announced) {
     char tag = 1;
     iovec iov[2] = {{&tag, 1}, {&announced, sizeof announced}};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 2;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &memfd, sizeof memfd);
-    REQUIRE(sendmsg(sock, &msg, 0) == 1 + static_cast<ssize_t>(sizeof announced));
+    REQUIRE(coproc::test::send_with_fd(sock, iov, 2, memfd) ==
+            1 + static_cast<ssize_t>(sizeof announced));
     close(memfd);
 }
 

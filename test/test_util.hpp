@@ -23,6 +23,7 @@
 #include <string>
 #include <system_error>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <thread>
 #include <unistd.h>
 
@@ -112,6 +113,25 @@ inline std::set<int> socket_fds() {
         closedir(d);
     }
     return out;
+}
+
+/// Sends the buffers `iov[0..n)` on socket `sock` with descriptor `fd` attached in SCM_RIGHTS
+/// (none if negative); returns what sendmsg returns.
+inline ssize_t send_with_fd(int sock, iovec* iov, std::size_t n, int fd, int flags = 0) {
+    msghdr m{};
+    m.msg_iov = iov;
+    m.msg_iovlen = n;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    if (fd >= 0) {
+        m.msg_control = control;
+        m.msg_controllen = sizeof control;
+        cmsghdr* c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    return ::sendmsg(sock, &m, flags);
 }
 
 /// In a pool worker: its own socket, the only AF_UNIX stream socket above stderr (with
