@@ -210,14 +210,7 @@ void core_impl::park_join(const std::function<void(waiter_list&)>& park) {
         post_join_waiters();
 }
 
-void core_impl::unpark_join(waiter_list::id_type id) noexcept {
-    waiter_list::waiter w;
-    {
-        std::lock_guard lk(mu_);
-        w = join_waiters_.take(id);
-    }
-    w.post(true);
-}
+void core_impl::unpark_join(waiter_list::id_type id) noexcept { join_waiters_.abort(mu_, id); }
 
 void core_impl::shutdown() noexcept {
     terminate();

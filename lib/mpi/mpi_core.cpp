@@ -99,12 +99,7 @@ class mpi_core final : public pool_core, public std::enable_shared_from_this<mpi
         wake_locked();
     }
     void unpark_join(waiter_list::id_type id) noexcept override {
-        waiter_list::waiter w;
-        {
-            std::lock_guard lk(mu_);
-            w = join_waiters_.take(id);
-        }
-        w.post(true);
+        join_waiters_.abort(mu_, id);
     }
     // Queued jobs of the call are dropped; jobs already sent to an agent run there to the end
     // (their outcome is discarded): a cancellation does not travel to the agents.

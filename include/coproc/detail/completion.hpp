@@ -122,12 +122,7 @@ template <class R> class completion {
                 return;
             if (owner)
                 return cancel(c);
-            waiter_list::waiter w;
-            {
-                std::lock_guard lk(c->m_);
-                w = c->waiters_.take(id);
-            }
-            w.post(true);
+            c->waiters_.abort(c->m_, id);
         };
         std::unique_lock lk(c->m_);
         c->waiters_.park(std::move(handler), std::move(finish), std::move(on_cancel));

@@ -78,7 +78,7 @@ class waiter_list {
     bool empty() const noexcept { return waiters_.empty(); }
 
     /// Parks `h`. If it has a cancellation slot, `on_cancel(id)` is installed there: the
-    /// owner then calls take(id) under its mutex and posts what it gets with `aborted` true.
+    /// owner then calls abort(its mutex, id).
     template <class Handler, class Finish, class OnCancel>
     void park(Handler h, Finish finish, OnCancel on_cancel) {
         const id_type id = next_++;
@@ -120,6 +120,17 @@ class waiter_list {
                 return w;
             }
         return {};
+    }
+
+    /// What an owner's on_cancel does: takes waiter `id` out under `owner_mutex`, the mutex
+    /// guarding this list, then posts it aborted once that mutex is released.
+    template <class Mutex> void abort(Mutex& owner_mutex, id_type id) {
+        waiter w;
+        {
+            std::lock_guard lk(owner_mutex);
+            w = take(id);
+        }
+        w.post(true);
     }
 
     /// Takes out every waiter.

@@ -95,14 +95,8 @@ template <class R> class imap_state : public chunked_call {
         };
         auto on_cancel = [weak = this->weak_from_this(), this](waiter_list::id_type id) {
             auto keep = weak.lock();
-            if (!keep)
-                return;
-            waiter_list::waiter w;
-            {
-                std::lock_guard lk(m_);
-                w = waiter_.take(id);
-            }
-            w.post(true);
+            if (keep)
+                waiter_.abort(m_, id);
         };
         std::unique_lock lk(m_);
         waiter_.park(std::move(handler), finish, on_cancel);

@@ -54,7 +54,7 @@ class task_sink : public std::enable_shared_from_this<task_sink> {
     std::atomic<bool> cancelled_{false};
 };
 
-struct job {
+struct job { // a new field is reset in job_recycler (lib/job_pool.cpp) too
     std::vector<char> frame; // the request frame; its id is set when submitted
     payload_fd payload;      // its arguments, when they travel out of line (see wire.hpp)
     std::shared_ptr<task_sink> sink;
