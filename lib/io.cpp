@@ -270,6 +270,23 @@ void futex_wake(std::atomic<std::uint32_t>& word, int count) noexcept {
               nullptr, 0);
 }
 
+unique_fd sealed_memfd(const char* name, std::span<const char> bytes) noexcept {
+    unique_fd fd(::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!fd)
+        return fd;
+    for (std::size_t done = 0; done < bytes.size();) {
+        const ssize_t w = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return {};
+        done += static_cast<std::size_t>(w);
+    }
+    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0)
+        return {};
+    return fd;
+}
+
 void* map_shared(std::size_t size, const char* what) {
     void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)

@@ -62,6 +62,10 @@ class unique_fd {
     int fd_ = -1;
 };
 
+/// A memfd (O_CLOEXEC) named `name` holding `bytes`, sealed against shrinking, growing,
+/// writing and further seals; no descriptor (errno set) if one cannot be made.
+unique_fd sealed_memfd(const char* name, std::span<const char> bytes) noexcept;
+
 /// The most descriptors one message passes.
 inline constexpr std::size_t max_passed_fds = 4;
 

@@ -63,18 +63,9 @@ constexpr int item_seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
 
 // An item too big to travel inline, in a sealed memfd.
 unique_fd spill(std::span<const char> msg) {
-    unique_fd fd(::memfd_create("coproc-queue-item", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    unique_fd fd = sealed_memfd("coproc-queue-item", msg);
     if (!fd)
-        throw os_error("queue: memfd_create failed");
-    for (std::size_t done = 0; done < msg.size();) {
-        const ssize_t w = ::write(fd.get(), msg.data() + done, msg.size() - done);
-        if (w < 0 && errno != EINTR)
-            throw os_error("queue: write to a memfd failed");
-        if (w > 0)
-            done += static_cast<std::size_t>(w);
-    }
-    if (::fcntl(fd.get(), F_ADD_SEALS, item_seals | F_SEAL_SEAL) != 0)
-        throw os_error("queue: sealing a memfd failed");
+        throw os_error("queue: copying an item into a sealed memfd failed");
     return fd;
 }
 

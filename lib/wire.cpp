@@ -1,5 +1,6 @@
 // Frame encoding and decoding (see include/coproc/detail/wire.hpp).
 #include <coproc/detail/wire.hpp>
+#include "io.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -98,31 +99,6 @@ void payload_fd::reset() noexcept {
     fd_ = -1;
 }
 
-namespace {
-
-// A sealed memfd holding `bytes`, or no descriptor (errno set) if one cannot be made.
-payload_fd sealed_copy(std::span<const char> bytes) {
-    payload_fd fd(::memfd_create("coproc-payload", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-    if (!fd)
-        return fd;
-    const char* p = bytes.data();
-    std::size_t n = bytes.size();
-    while (n > 0) {
-        const ssize_t w = ::write(fd.get(), p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return {};
-        p += w;
-        n -= static_cast<std::size_t>(w);
-    }
-    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0)
-        return {};
-    return fd;
-}
-
-} // namespace
-
 payload_fd move_out_of_line(std::vector<char>& out, std::size_t at, std::size_t keep) {
     const std::size_t from = at + sizeof(frame_header) + keep;
     const std::size_t n = out.size() - from;
@@ -130,7 +106,7 @@ payload_fd move_out_of_line(std::vector<char>& out, std::size_t at, std::size_t 
     if (n <= out_of_line_threshold ||
         (fits && live_payload_fds.load(std::memory_order_relaxed) >= payload_fd::max_payload_fds))
         return {};
-    payload_fd fd = sealed_copy({out.data() + from, n});
+    payload_fd fd(sealed_memfd("coproc-payload", {out.data() + from, n}).release());
     if (!fd) {
         if (fits)
             return fd; // inline, then
