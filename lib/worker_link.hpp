@@ -29,9 +29,6 @@
 
 namespace coproc::detail {
 
-/// "task 7 (int (*)(int))": a job as error messages name it.
-std::string describe(const job& j);
-
 /// Where a worker is in its life. Only ever moves forward.
 enum class link_state {
     serving,   // takes new jobs

@@ -31,10 +31,6 @@ namespace {
 // How long the caller waits for its agents to start, or to stop when the pool is destroyed.
 constexpr std::chrono::seconds agent_wait{60};
 
-std::string describe_job(const job& j) {
-    return "task " + std::to_string(j.id) + " (" + std::string(j.name) + ")";
-}
-
 class mpi_core final : public pool_core, public std::enable_shared_from_this<mpi_core> {
   public:
     mpi_core(std::shared_ptr<mpi_state> st, asio::any_io_executor ex, std::thread::id own_loop)
@@ -308,10 +304,10 @@ void mpi_core::deliver(std::span<const char> bytes, std::size_t from) {
     else if (h.kind == static_cast<std::uint16_t>(frame_kind::result) && h.size == payload.size())
         j->sink->on_result(*j, payload);
     else if (h.kind == static_cast<std::uint16_t>(frame_kind::error))
-        j->sink->on_error(*j, decode_error(h.aux, payload, where(from), describe_job(*j)));
+        j->sink->on_error(*j, decode_error(h.aux, payload, where(from), describe(*j)));
     else
         j->sink->on_error(*j,
-                          std::make_exception_ptr(error("malformed reply to " + describe_job(*j) +
+                          std::make_exception_ptr(error("malformed reply to " + describe(*j) +
                                                         " from " + where(from))));
     j.reset();
     std::lock_guard lk(mu_);

@@ -20,6 +20,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <sys/types.h>
 #include <thread>
@@ -82,6 +83,9 @@ inline constexpr std::size_t job_kept_frame_bytes = 1024;
 inline constexpr std::size_t small_frame_bytes = 256;
 
 void append_task_prefix(std::vector<char>& out, const task_entry* entry, erased_fn fn);
+
+/// "task 7 (int (*)(int))": a job as error messages name it.
+std::string describe(const job& j);
 
 /// Inside a catch block: the error for a reply to `j` whose results could not be decoded (a
 /// result type whose load does not read what its save wrote, say); it names the task.
