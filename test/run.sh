@@ -13,7 +13,7 @@ coproc_install_packages
 logs=()
 failed_builds=0
 run_suite() { # run_suite NAME BUILD_DIR "meson test args" [meson setup options...]
-    local name=$1 dir=$2 args=$3
+    local name=$1 dir=$2 args=$3 start=$SECONDS
     shift 3
     echo "== $name ($dir)"
     if ! coproc_build "$dir" "$@"; then
@@ -26,9 +26,13 @@ run_suite() { # run_suite NAME BUILD_DIR "meson test args" [meson setup options.
     meson test -C "$dir" --no-rebuild --print-errorlogs $args |
         grep -E "^ *[0-9]+/[0-9]+ |^(Ok|Fail|Timeout):" || true
     logs+=("$dir/meson-logs/testlog.json")
+    echo "== $name: $((SECONDS - start)) s"
 }
 
-run_suite release build "--no-suite mpi" -Dsamples=true -Dbench=true -Dwerror_library=true
+# Optimized as a user's default build, without debug info: -g makes g++ take half as long again
+# over the coroutine-heavy tests, and a failing test reports through its own messages.
+run_suite release build "--no-suite mpi" -Ddebug=false -Dsamples=true -Dbench=true \
+    -Dwerror_library=true
 
 # mpi_pool under mpirun: on one host, over two fake hosts, spawned, refused, interrupted (the
 # suite exists where the build found MPI), with its own log beside the release suite's.
@@ -43,7 +47,7 @@ fi
 if [ -z "${COPROC_QUICK:-}" ]; then
     # The same suite built by clang (its own warnings, its own coroutine code generation).
     CXX=$COPROC_CLANG run_suite "$COPROC_CLANG" build-clang "" \
-        -Dsamples=false -Dbench=false -Dwerror_library=true
+        -Ddebug=false -Dsamples=false -Dbench=false -Dwerror_library=true
     # Sanitizer builds: -O0 without debug info compiles in about half the time; symbols still
     # name the functions in a report.
     sanitized=(-Doptimization=0 -Ddebug=false -Db_lundef=false -Dsamples=false -Dbench=false)
@@ -61,6 +65,7 @@ if [ -z "${COPROC_QUICK:-}" ]; then
         run_suite "thread sanitizer" build-tsan "$tsan_tests" -Db_sanitize=thread "${sanitized[@]}"
 fi
 
+echo "== all stages: $SECONDS s"
 read -r passed failed < <(python3 test/count.py "${logs[@]}")
 failed=$((failed + failed_builds))
 echo "tests: $passed passed, $failed failed"

@@ -15,7 +15,8 @@ CXX=${CXX:-g++}
 if [ "$mode" = subproject ]; then
     mkdir -p "$work/subprojects"
     ln -s "$src" "$work/subprojects/coproc"
-    CXX=$CXX meson setup "$work/build" "$work" >/dev/null
+    # Without debug info: the build of coproc inside takes a third less time.
+    CXX=$CXX meson setup -Ddebug=false "$work/build" "$work" >/dev/null
     ninja -C "$work/build" >/dev/null
     "$work/build/consumer"
     echo "consumer: built against coproc as a subproject and ran"
