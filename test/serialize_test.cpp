@@ -3,6 +3,7 @@
 
 #include "alloc_counter.hpp"
 
+#include <cereal/archives/binary.hpp>
 #include <doctest/doctest.h>
 
 #include <array>
@@ -12,6 +13,7 @@
 #include <list>
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <unordered_set>
@@ -148,6 +150,48 @@ TEST_CASE("a count of numbers or wide characters must fit in the bytes left, bef
     // The same count with enough bytes is a real vector.
     CHECK_NOTHROW(coproc::deserialize_from(count_then(body / 8, body), v));
     CHECK(v.size() == body / 8);
+}
+
+TEST_CASE("the bytes are cereal's binary format, both ways") {
+    const std::tuple<int, double, bool, std::string, std::vector<std::int64_t>, std::vector<point>,
+                     std::map<std::string, std::uint8_t>>
+        sent{-7, 2.5, true, "text", {1, -2, 3}, {{1, 2, "a"}, {3, 4, "bc"}}, {{"k", 9}}};
+
+    std::vector<char> ours;
+    coproc::serialize_into(ours, sent);
+    std::ostringstream theirs;
+    {
+        cereal::BinaryOutputArchive ar(theirs);
+        ar(sent);
+    }
+    CHECK(std::string(ours.begin(), ours.end()) == theirs.str());
+
+    auto got = sent;
+    got = {};
+    coproc::deserialize_from(ours, got);
+    CHECK(got == sent);
+}
+
+TEST_CASE("a writer with a limit refuses the value that would cross it, copying none of it") {
+    std::vector<char> out;
+    coproc::detail::writer w(out, 12);
+    w(std::int64_t{1});
+    CHECK(out.size() == 8);
+    CHECK_THROWS_WITH_AS(w(std::int64_t{2}), doctest::Contains("1 GiB frame limit"),
+                         coproc::error);
+    CHECK(out.size() == 8);
+    w(std::int32_t{3}); // what still fits is written
+    CHECK(out.size() == 12);
+    const std::string s = "abc";
+    CHECK_THROWS_AS(w(s), coproc::error); // the length prefix alone crosses it
+    CHECK(out.size() == 12);
+}
+
+TEST_CASE("a truncated number names the bytes it needed and found") {
+    const std::vector<char> three(3, '\0');
+    std::int64_t v = 0;
+    CHECK_THROWS_WITH_AS(coproc::deserialize_from(three, v),
+                         doctest::Contains("needed 8 more bytes, found 3"), coproc::error);
 }
 
 TEST_SUITE_END();

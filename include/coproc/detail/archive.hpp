@@ -1,25 +1,32 @@
-// coproc/detail/archive.hpp — cereal's binary input archive, made safe for untrusted bytes.
+// coproc/detail/archive.hpp — cereal's binary format, written straight into a byte vector and
+// read straight from a byte span, made safe for untrusted bytes.
+//
+// Both archives keep cereal::BinaryOutputArchive's byte format, but move the bytes themselves
+// instead of through a std::streambuf (a virtual call per number, which was most of the time a
+// map of small values took to encode and decode).
 //
 // cereal::BinaryInputArchive trusts length prefixes: a forged prefix of 2^33 makes a string
 // allocate 8 GiB before the read fails, and cereal's sequence loads resize to the prefix before
 // reading, so even a prefix the message could hold as bytes asks for bytes × element size (a
-// 64 KiB message read as a vector of 4 KiB arrays: 256 MiB). This archive reads the same format
-// but refuses a length prefix larger than the bytes left in the message (every element takes at
-// least one byte, except empty types such as std::monostate, which take none: a fixed ceiling
-// bounds those), loads vectors, strings, deques and lists element by element (memory grows with
-// what was actually read; numbers and characters are checked as bytes × size first), and
-// refuses a bool that is neither 0 nor 1.
+// 64 KiB message read as a vector of 4 KiB arrays: 256 MiB). The input archive reads the same
+// format but refuses a length prefix larger than the bytes left in the message (every element
+// takes at least one byte, except empty types such as std::monostate, which take none: a fixed
+// ceiling bounds those), loads vectors, strings, deques and lists element by element (memory
+// grows with what was actually read; numbers and characters are checked as bytes × size
+// first), and refuses a bool that is neither 0 nor 1.
 #pragma once
 
-#include <cereal/archives/binary.hpp>
+#include <coproc/error.hpp>
+
 #include <cereal/cereal.hpp>
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <deque>
-#include <istream>
 #include <list>
 #include <memory>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <unordered_set>
@@ -27,23 +34,78 @@
 
 namespace coproc::detail {
 
+/// Appends cereal's binary form of what it is given to a std::vector<char>, which may not grow
+/// past a limit (a frame's: a write that would is refused with coproc::error before anything is
+/// copied).
+class vector_output_archive
+    : public cereal::OutputArchive<vector_output_archive, cereal::AllowEmptyClassElision> {
+  public:
+    vector_output_archive(std::vector<char>& out, std::size_t limit)
+        : OutputArchive(this), out_(out), limit_(limit) {}
+
+    void saveBinary(const void* data, std::size_t size) {
+        if (size > limit_ - std::min(limit_, out_.size())) [[unlikely]]
+            too_large();
+        const char* bytes = static_cast<const char*>(data);
+        out_.insert(out_.end(), bytes, bytes + size);
+    }
+
+  private:
+    [[noreturn, gnu::cold, gnu::noinline]] static void too_large() {
+        throw coproc::error("message exceeds the 1 GiB frame limit; pass large data in pieces");
+    }
+
+    std::vector<char>& out_;
+    std::size_t limit_;
+};
+
+template <class T>
+std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_SAVE_FUNCTION_NAME(vector_output_archive& ar,
+                                                                    const T& t) {
+    ar.saveBinary(std::addressof(t), sizeof(t));
+}
+
+template <class T>
+void CEREAL_SERIALIZE_FUNCTION_NAME(vector_output_archive& ar, cereal::NameValuePair<T>& t) {
+    ar(t.value);
+}
+
+template <class T>
+void CEREAL_SERIALIZE_FUNCTION_NAME(vector_output_archive& ar, cereal::SizeTag<T>& t) {
+    ar(t.size);
+}
+
+template <class T>
+void CEREAL_SAVE_FUNCTION_NAME(vector_output_archive& ar, const cereal::BinaryData<T>& t) {
+    ar.saveBinary(t.data, static_cast<std::size_t>(t.size));
+}
+
+/// Reads cereal's binary form from a span of bytes, checking what it reads (see above).
 class checked_input_archive
     : public cereal::InputArchive<checked_input_archive, cereal::AllowEmptyClassElision> {
   public:
-    explicit checked_input_archive(std::istream& stream) : InputArchive(this), stream_(stream) {}
+    explicit checked_input_archive(std::span<const char> in)
+        : InputArchive(this), next_(in.data()), end_(in.data() + in.size()) {}
 
-    void loadBinary(void* const data, std::streamsize size) {
-        const auto got = stream_.rdbuf()->sgetn(static_cast<char*>(data), size);
-        if (got != size)
-            throw cereal::Exception("truncated: needed " + std::to_string(size) +
-                                    " more bytes, found " + std::to_string(got));
+    void loadBinary(void* const data, std::size_t size) {
+        if (size > remaining()) [[unlikely]]
+            truncated(size);
+        if (size != 0)
+            std::memcpy(data, next_, size);
+        next_ += size;
     }
 
     /// Bytes not read yet.
-    std::size_t remaining() const { return static_cast<std::size_t>(stream_.rdbuf()->in_avail()); }
+    std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - next_); }
 
   private:
-    std::istream& stream_;
+    [[noreturn, gnu::cold, gnu::noinline]] void truncated(std::size_t size) const {
+        throw cereal::Exception("truncated: needed " + std::to_string(size) +
+                                " more bytes, found " + std::to_string(remaining()));
+    }
+
+    const char* next_;
+    const char* end_;
 };
 
 template <class T>
@@ -76,7 +138,7 @@ void CEREAL_SERIALIZE_FUNCTION_NAME(checked_input_archive& ar, cereal::SizeTag<T
 
 template <class T>
 void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, cereal::BinaryData<T>& t) {
-    ar.loadBinary(t.data, static_cast<std::streamsize>(t.size));
+    ar.loadBinary(t.data, static_cast<std::size_t>(t.size));
 }
 
 /// The most elements of an empty type (no bytes each) a sequence may claim beyond the bytes left.
@@ -142,13 +204,13 @@ requires(std::is_arithmetic_v<T> &&
          !std::is_same_v<T, bool>) void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar,
                                                                   std::vector<T, A>& v) {
     v.resize(load_count(ar, sizeof(T)));
-    ar.loadBinary(v.data(), static_cast<std::streamsize>(v.size() * sizeof(T)));
+    ar.loadBinary(v.data(), v.size() * sizeof(T));
 }
 
 template <class C, class Traits, class A>
 void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, std::basic_string<C, Traits, A>& s) {
     s.resize(load_count(ar, sizeof(C)));
-    ar.loadBinary(s.data(), static_cast<std::streamsize>(s.size() * sizeof(C)));
+    ar.loadBinary(s.data(), s.size() * sizeof(C));
 }
 
 template <class T, class A>
@@ -174,10 +236,14 @@ void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar,
 
 } // namespace coproc::detail
 
+CEREAL_REGISTER_ARCHIVE(coproc::detail::vector_output_archive)
 CEREAL_REGISTER_ARCHIVE(coproc::detail::checked_input_archive)
 
 namespace cereal::traits::detail {
 template <> struct get_output_from_input<coproc::detail::checked_input_archive> {
-    using type = cereal::BinaryOutputArchive;
+    using type = coproc::detail::vector_output_archive;
+};
+template <> struct get_input_from_output<coproc::detail::vector_output_archive> {
+    using type = coproc::detail::checked_input_archive;
 };
 } // namespace cereal::traits::detail
