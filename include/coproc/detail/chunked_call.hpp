@@ -77,6 +77,8 @@ template <class Fp, bool Star, class View> class chunk_encoder {
                             write_item<Star, typename fn_traits<Fp>::args>(w, *it_);
                             written = true;
                             ++it_;
+                            if (n == 0)
+                                reserve_like_first(frame, frame.size() - before);
                         } catch (...) {
                             if (written)
                                 ++n; // the iterator failed after this item: keep it
@@ -97,6 +99,22 @@ template <class Fp, bool Star, class View> class chunk_encoder {
     }
 
   private:
+    /// Room for the rest of the chunk, if its items take as many bytes as the first (for at most
+    /// max_reserved_frame more bytes): the frame then grows without copying itself over and over.
+    void reserve_like_first(std::vector<char>& frame, std::size_t item_bytes) {
+        using iter = std::ranges::iterator_t<View>;
+        std::size_t rest = chunksize_ - 1;
+        if constexpr (std::sized_sentinel_for<std::ranges::sentinel_t<View>, iter>)
+            rest = std::min(rest, static_cast<std::size_t>(std::ranges::end(items_) - it_));
+        if (rest == 0)
+            return;
+        const std::size_t more =
+            item_bytes <= max_reserved_frame / rest ? item_bytes * rest : max_reserved_frame;
+        frame.reserve(frame.size() + more);
+    }
+
+    static constexpr std::size_t max_reserved_frame = std::size_t{8} << 20;
+
     Fp fn_;
     View items_;
     std::ranges::iterator_t<View> it_;
