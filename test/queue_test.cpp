@@ -54,13 +54,18 @@ void consume(coproc::queue<int> q, std::uint8_t* seen) {
         __atomic_fetch_add(&seen[v], 1, __ATOMIC_RELAXED);
 }
 
+/// `size` bytes that differ from position to position, starting from `seed`.
+std::string pattern(std::size_t size, char seed) {
+    std::string s(size, '\0');
+    for (std::size_t k = 0; k < size; ++k)
+        s[k] = static_cast<char>(seed + k * 13);
+    return s;
+}
+
 // Messages of many sizes, some far beyond the inline limit; each carries its own check.
 std::string payload(int i) {
     const std::size_t size = static_cast<std::size_t>(i % 7 == 0 ? 300'000 + i : 10 * i);
-    std::string s(size, '\0');
-    for (std::size_t k = 0; k < size; ++k)
-        s[k] = static_cast<char>(i + k * 13);
-    return s;
+    return pattern(size, static_cast<char>(i));
 }
 
 void produce_sized(coproc::queue<std::pair<int, std::string>> q, int first, int n) {
@@ -221,6 +226,29 @@ TEST_CASE("large and small items from 2 producers to 2 consumers arrive whole, o
         wrong += seen[i] != 1;
     CHECK(wrong == 0);
     munmap(seen, n);
+}
+
+// Sizes on both sides of the inline limits (64 KiB where the send buffer is unknown, 256 KiB).
+constexpr std::size_t edge_sizes[] = {0,          65'535,     65'536,     65'537,     200'000,
+                                      262'143,    262'144,    262'145,    300'000,    1 << 20};
+
+void put_edge_sizes(coproc::queue<std::string> q) {
+    for (std::size_t size : edge_sizes)
+        q.put(pattern(size, static_cast<char>(size % 251)));
+}
+
+TEST_CASE("items on both sides of the inline limits arrive whole from another process") {
+    watchdog dog(60s);
+    coproc::queue<std::string> q;
+    coproc::process p(put_edge_sizes, q);
+    p.start();
+    for (std::size_t size : edge_sizes) {
+        const std::string item = q.get();
+        CHECK(item.size() == size);
+        CHECK((item == pattern(size, static_cast<char>(size % 251))));
+    }
+    p.join();
+    CHECK(p.exitcode() == 0);
 }
 
 TEST_CASE("a bounded queue makes producers wait (back-pressure)") {
