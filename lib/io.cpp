@@ -23,6 +23,7 @@
 #include <sched.h>
 #include <string>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <thread>
 #include <unistd.h>
@@ -285,6 +286,22 @@ unique_fd sealed_memfd(const char* name, std::span<const char> bytes) noexcept {
     if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0)
         return {};
     return fd;
+}
+
+std::string sealed_memfd_fault(int fd, std::uint64_t size) {
+    const int seals = ::fcntl(fd, F_GET_SEALS);
+    if (seals < 0)
+        return "its descriptor is not a memfd";
+    constexpr int needed = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+    if ((seals & needed) != needed)
+        return "its memfd is not sealed against shrinking, growing and writing";
+    struct stat st {};
+    if (::fstat(fd, &st) != 0)
+        return std::string("fstat of its memfd failed: ") + std::strerror(errno);
+    if (static_cast<std::uint64_t>(st.st_size) != size)
+        return "it claims " + std::to_string(size) + " bytes, its memfd holds " +
+               std::to_string(st.st_size);
+    return {};
 }
 
 void* map_shared(std::size_t size, const char* what) {

@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <system_error>
@@ -65,6 +66,11 @@ class unique_fd {
 /// A memfd (O_CLOEXEC) named `name` holding `bytes`, sealed against shrinking, growing,
 /// writing and further seals; no descriptor (errno set) if one cannot be made.
 unique_fd sealed_memfd(const char* name, std::span<const char> bytes) noexcept;
+
+/// What is wrong with a received `fd` that should be what sealed_memfd() makes, holding `size`
+/// bytes ("its descriptor is not a memfd", "its memfd is not sealed ...", "it claims N bytes,
+/// its memfd holds M"), or an empty string if nothing is: then its size can be trusted.
+std::string sealed_memfd_fault(int fd, std::uint64_t size);
 
 /// The most descriptors one message passes.
 inline constexpr std::size_t max_passed_fds = 4;

@@ -210,7 +210,7 @@ void core_impl::take_frame(const link_ptr& w, const frame& f, effects& fx) {
         if (f.out_of_line()) {
             if (f.kind != frame_kind::result || !f.split().first.empty())
                 throw error("malformed reply: out of line, but not a result");
-            mapped = mapped_payload(w->take_fd(), f.split().second);
+            mapped = mapped_payload(take_payload_fd(w->fds, "reply"), f.split().second);
             reply.payload = mapped.bytes();
         }
         job_ptr j = std::move(w->inflight.front());

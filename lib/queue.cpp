@@ -42,7 +42,6 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 namespace coproc::detail {
@@ -63,9 +62,6 @@ constexpr std::size_t inline_floor = 64 * 1024; // inline even where the send bu
 constexpr int socket_buffer = 4 * 1024 * 1024; // capped by the kernel's wmem_max if unprivileged
 enum : char { tag_inline = 0, tag_memfd = 1 };
 
-// What a memfd item must be sealed against: the getter trusts its size and reads it in place.
-constexpr int item_seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
-
 // An item too big to travel inline, in a sealed memfd.
 unique_fd spill(std::span<const char> msg) {
     unique_fd fd = sealed_memfd("coproc-queue-item", msg);
@@ -77,17 +73,9 @@ unique_fd spill(std::span<const char> msg) {
 // Reads an item from the memfd a message brought, after checking that it is sealed and as long
 // as the message announced (a forged message must not make the getter allocate what it says).
 std::vector<char> unspill(int fd, std::uint64_t size) {
-    const int seals = ::fcntl(fd, F_GET_SEALS);
-    if (seals < 0 || (seals & item_seals) != item_seals)
-        throw coproc::error("queue: received an out-of-line item in a descriptor that is not "
-                            "sealed against changes (not sent by a coproc queue)");
-    struct stat st {};
-    if (::fstat(fd, &st) != 0)
-        throw os_error("queue: fstat of a memfd failed");
-    if (static_cast<std::uint64_t>(st.st_size) != size)
-        throw coproc::error("queue: received an out-of-line item announced as " +
-                            std::to_string(size) + " bytes in a memfd of " +
-                            std::to_string(st.st_size) + " bytes");
+    if (const std::string fault = sealed_memfd_fault(fd, size); !fault.empty())
+        throw coproc::error("queue: received a malformed out-of-line item (not sent by a coproc "
+                            "queue): " + fault);
     std::vector<char> out;
     try {
         out.resize(size);

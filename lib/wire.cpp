@@ -8,7 +8,6 @@
 #include <fcntl.h>
 #include <string>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 namespace coproc::detail {
@@ -121,20 +120,20 @@ payload_fd move_out_of_line(std::vector<char>& out, std::size_t at, std::size_t 
     return fd;
 }
 
+payload_fd take_payload_fd(std::deque<payload_fd>& received, std::string_view frame) {
+    if (received.empty())
+        throw error("malformed " + std::string(frame) +
+                    ": out of line, but no descriptor came with it");
+    payload_fd fd = std::move(received.front());
+    received.pop_front();
+    return fd;
+}
+
 mapped_payload::mapped_payload(payload_fd fd, std::uint64_t size) {
-    const int seals = ::fcntl(fd.get(), F_GET_SEALS);
-    if (seals < 0)
-        throw error("malformed out-of-line payload: its descriptor is not a memfd");
-    constexpr int needed = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
-    if ((seals & needed) != needed)
-        throw error("malformed out-of-line payload: its memfd is not sealed against shrinking, "
-                    "growing and writing");
-    struct stat st;
-    if (::fstat(fd.get(), &st) != 0)
-        throw error(std::string("out-of-line payload: fstat failed: ") + std::strerror(errno));
-    if (size == 0 || static_cast<std::uint64_t>(st.st_size) != size)
-        throw error("malformed out-of-line payload: the frame claims " + std::to_string(size) +
-                    " bytes, its memfd holds " + std::to_string(st.st_size));
+    if (size == 0)
+        throw error("malformed out-of-line payload: the frame claims 0 bytes");
+    if (const std::string fault = sealed_memfd_fault(fd.get(), size); !fault.empty())
+        throw error("malformed out-of-line payload: " + fault);
     void* m = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd.get(), 0);
     if (m == MAP_FAILED)
         throw error("out-of-line payload of " + std::to_string(size) +

@@ -306,13 +306,7 @@ class worker {
 
     // The descriptor of out-of-line frame `f`: the oldest one received and not yet taken.
     payload_fd take_fd(const frame& f) {
-        if (!f.out_of_line())
-            return {};
-        if (fds_.empty())
-            throw coproc::error("malformed task frame: out of line, but no descriptor came with it");
-        payload_fd fd = std::move(fds_.front());
-        fds_.pop_front();
-        return fd;
+        return f.out_of_line() ? take_payload_fd(fds_, "task frame") : payload_fd{};
     }
 
     // Runs frame number `seq` (counted from 1, as the parent numbers the frames it sends).

@@ -213,14 +213,6 @@ std::error_code worker_link::receive(std::size_t& n) {
     return {};
 }
 
-payload_fd worker_link::take_fd() {
-    if (fds.empty())
-        throw error("malformed reply: out of line, but no descriptor came with it");
-    payload_fd fd = std::move(fds.front());
-    fds.pop_front();
-    return fd;
-}
-
 std::vector<job_ptr> worker_link::end_write() {
     writing = false;
     if (staging_.capacity() > max_kept_buffer)

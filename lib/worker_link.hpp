@@ -118,8 +118,6 @@ class worker_link {
     /// the one read under way (it alone touches the decoder's free space and pushes to `fds`);
     /// its own lock keeps the socket from being closed meanwhile.
     std::error_code receive(std::size_t& n);
-    /// The memfd of the next out-of-line reply; throws coproc::error if none came.
-    payload_fd take_fd();
     /// Waits until the pidfd is readable (the process exited); `handler(error_code)`.
     template <class Handler> void async_wait_exit(Handler&& handler) {
         pidfd_->async_wait(asio::posix::descriptor_base::wait_read, std::forward<Handler>(handler));

@@ -30,8 +30,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -114,6 +116,10 @@ class payload_fd {
   private:
     int fd_ = -1;
 };
+
+/// The descriptor of the next out-of-line `frame` ("task frame", "reply"), taken from those
+/// received (they arrive in the order of their frames); throws coproc::error if none came.
+payload_fd take_payload_fd(std::deque<payload_fd>& received, std::string_view frame);
 
 /// A received out-of-line payload mapped read-only (its descriptor is closed once mapped);
 /// unmapped on destruction.
