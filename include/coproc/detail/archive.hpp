@@ -66,11 +66,6 @@ std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_SAVE_FUNCTION_NAME(vector_outpu
 }
 
 template <class T>
-void CEREAL_SERIALIZE_FUNCTION_NAME(vector_output_archive& ar, cereal::NameValuePair<T>& t) {
-    ar(t.value);
-}
-
-template <class T>
 void CEREAL_SERIALIZE_FUNCTION_NAME(vector_output_archive& ar, cereal::SizeTag<T>& t) {
     ar(t.size);
 }
@@ -123,8 +118,11 @@ inline void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, bool& b) {
     b = byte != 0;
 }
 
-template <class T>
-void CEREAL_SERIALIZE_FUNCTION_NAME(checked_input_archive& ar, cereal::NameValuePair<T>& t) {
+/// In the binary format a name-value pair is its value alone, both ways.
+template <class Archive, class T>
+requires(std::is_same_v<Archive, vector_output_archive> ||
+         std::is_same_v<Archive, checked_input_archive>)
+void CEREAL_SERIALIZE_FUNCTION_NAME(Archive& ar, cereal::NameValuePair<T>& t) {
     ar(t.value);
 }
 
