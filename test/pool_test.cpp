@@ -11,9 +11,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <fstream>
 #include <list>
 #include <numeric>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -97,6 +99,40 @@ TEST_CASE("apply_async from blocking code: ints, strings, vectors and a user typ
     CHECK(worker != parent);
     const auto pids = pool.pids();
     CHECK(std::find(pids.begin(), pids.end(), worker) != pids.end());
+}
+
+namespace {
+/// User plus system CPU time of process `pid` so far, in clock ticks (/proc/PID/stat).
+long cpu_ticks(pid_t pid) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    REQUIRE(std::getline(f, line));
+    std::istringstream rest(line.substr(line.rfind(')') + 2)); // fields from the 3rd (state)
+    std::string field;
+    for (int i = 3; i < 14; ++i)
+        rest >> field;
+    long utime = 0, stime = 0;
+    rest >> utime >> stime;
+    return utime + stime;
+}
+} // namespace
+
+TEST_CASE("an idle worker sleeps: it polls for the next task only for a moment") {
+    watchdog dog(30s);
+    coproc::pool pool(2);
+    const auto squares = pool.map_async(tasks::square, std::vector<int>(2000, 3), 1).get();
+    CHECK(squares == std::vector<int>(2000, 9));
+    std::this_thread::sleep_for(50ms); // far past the poll (tens of microseconds)
+    const auto pids = pool.pids();
+    std::vector<long> before;
+    for (pid_t pid : pids)
+        before.push_back(cpu_ticks(pid));
+    std::this_thread::sleep_for(500ms);
+    for (std::size_t i = 0; i < pids.size(); ++i) {
+        CAPTURE(pids[i]);
+        // A worker still polling would have used about 50 ticks (at 100 per second).
+        CHECK(cpu_ticks(pids[i]) - before[i] <= 5);
+    }
 }
 
 TEST_CASE("map_async and starmap_async from blocking code") {
