@@ -59,7 +59,7 @@ namespace {
 
 constexpr std::size_t inline_limit = 256 * 1024;
 constexpr std::size_t inline_floor = 64 * 1024; // inline even where the send buffer is unknown
-constexpr int socket_buffer = 4 * 1024 * 1024; // capped by the kernel's wmem_max if unprivileged
+constexpr int socket_buffer = 4 * 1024 * 1024;  // capped by the kernel's wmem_max if unprivileged
 enum : char { tag_inline = 0, tag_memfd = 1 };
 
 // An item too big to travel inline, in a sealed memfd.
@@ -75,7 +75,8 @@ unique_fd spill(std::span<const char> msg) {
 std::vector<char> unspill(int fd, std::uint64_t size) {
     if (const std::string fault = sealed_memfd_fault(fd, size); !fault.empty())
         throw coproc::error("queue: received a malformed out-of-line item (not sent by a coproc "
-                            "queue): " + fault);
+                            "queue): " +
+                            fault);
     std::vector<char> out;
     try {
         out.resize(size);
@@ -200,8 +201,8 @@ queue_core::queue_core(std::size_t maxsize)
         socklen_t len = sizeof sndbuf;
         shared_->inline_max = inline_floor;
         if (::getsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) == 0)
-            shared_->inline_max = std::clamp(static_cast<std::size_t>(sndbuf) / 2, inline_floor,
-                                             inline_limit);
+            shared_->inline_max =
+                std::clamp(static_cast<std::size_t>(sndbuf) / 2, inline_floor, inline_limit);
         if (maxsize > 0) {
             slots_fd_ = ::eventfd(0, EFD_SEMAPHORE | EFD_NONBLOCK | EFD_CLOEXEC);
             if (slots_fd_ < 0)

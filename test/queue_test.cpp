@@ -229,8 +229,8 @@ TEST_CASE("large and small items from 2 producers to 2 consumers arrive whole, o
 }
 
 // Sizes on both sides of the inline limits (64 KiB where the send buffer is unknown, 256 KiB).
-constexpr std::size_t edge_sizes[] = {0,          65'535,     65'536,     65'537,     200'000,
-                                      262'143,    262'144,    262'145,    300'000,    1 << 20};
+constexpr std::size_t edge_sizes[] = {0,       65'535,  65'536,  65'537,  200'000,
+                                      262'143, 262'144, 262'145, 300'000, 1 << 20};
 
 void put_edge_sizes(coproc::queue<std::string> q) {
     for (std::size_t size : edge_sizes)

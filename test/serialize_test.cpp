@@ -163,7 +163,7 @@ TEST_CASE("a count of numbers or wide characters must fit in the bytes left, bef
 TEST_CASE("the bytes are cereal's binary format, both ways") {
     const std::tuple<int, double, bool, std::string, std::vector<std::int64_t>, std::vector<point>,
                      std::map<std::string, std::uint8_t>, named>
-        sent{-7,         2.5, true, "text", {1, -2, 3}, {{1, 2, "a"}, {3, 4, "bc"}},
+        sent{-7,         2.5,        true, "text", {1, -2, 3}, {{1, 2, "a"}, {3, 4, "bc"}},
              {{"k", 9}}, {5, "five"}};
 
     std::vector<char> ours;
@@ -186,8 +186,7 @@ TEST_CASE("a writer with a limit refuses the value that would cross it, copying 
     coproc::detail::writer w(out, 12);
     w(std::int64_t{1});
     CHECK(out.size() == 8);
-    CHECK_THROWS_WITH_AS(w(std::int64_t{2}), doctest::Contains("1 GiB frame limit"),
-                         coproc::error);
+    CHECK_THROWS_WITH_AS(w(std::int64_t{2}), doctest::Contains("1 GiB frame limit"), coproc::error);
     CHECK(out.size() == 8);
     w(std::int32_t{3}); // what still fits is written
     CHECK(out.size() == 12);

@@ -118,13 +118,14 @@ inline void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, bool& b) {
     b = byte != 0;
 }
 
+template <class A>
+inline constexpr bool is_coproc_archive =
+    std::is_same_v<A, vector_output_archive> || std::is_same_v<A, checked_input_archive>;
+
 /// In the binary format a name-value pair is its value alone, both ways.
-template <class Archive, class T>
-requires(std::is_same_v<Archive, vector_output_archive> ||
-         std::is_same_v<Archive, checked_input_archive>)
-void CEREAL_SERIALIZE_FUNCTION_NAME(Archive& ar, cereal::NameValuePair<T>& t) {
-    ar(t.value);
-}
+template <class A, class T>
+requires is_coproc_archive<A>
+void CEREAL_SERIALIZE_FUNCTION_NAME(A& ar, cereal::NameValuePair<T>& t) { ar(t.value); }
 
 template <class T>
 void CEREAL_SERIALIZE_FUNCTION_NAME(checked_input_archive& ar, cereal::SizeTag<T>& t) {
