@@ -271,6 +271,11 @@ void futex_wake(std::atomic<std::uint32_t>& word, int count) noexcept {
               nullptr, 0);
 }
 
+namespace {
+// What a sealed memfd may no longer do: its receiver trusts its size and reads it in place.
+constexpr int memfd_seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+} // namespace
+
 unique_fd sealed_memfd(const char* name, std::span<const char> bytes) noexcept {
     unique_fd fd(::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
     if (!fd)
@@ -283,7 +288,7 @@ unique_fd sealed_memfd(const char* name, std::span<const char> bytes) noexcept {
             return {};
         done += static_cast<std::size_t>(w);
     }
-    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0)
+    if (::fcntl(fd.get(), F_ADD_SEALS, memfd_seals | F_SEAL_SEAL) != 0)
         return {};
     return fd;
 }
@@ -292,8 +297,7 @@ std::string sealed_memfd_fault(int fd, std::uint64_t size) {
     const int seals = ::fcntl(fd, F_GET_SEALS);
     if (seals < 0)
         return "its descriptor is not a memfd";
-    constexpr int needed = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
-    if ((seals & needed) != needed)
+    if ((seals & memfd_seals) != memfd_seals)
         return "its memfd is not sealed against shrinking, growing and writing";
     struct stat st {};
     if (::fstat(fd, &st) != 0)
