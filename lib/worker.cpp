@@ -16,6 +16,7 @@
 #include <deque>
 #include <link.h>
 #include <mutex>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio_ext.h>
 #include <sys/mman.h>
@@ -256,12 +257,7 @@ class worker {
             // Everything sent so far is answered. The next task of a steady stream usually
             // follows within microseconds: watch the socket for it for a moment (yielding the
             // CPU, see spin_until) rather than sleep at once and be woken by the parent's write.
-            spin_until(
-                [&] {
-                    char c;
-                    return ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT) != -1 || errno != EAGAIN;
-                },
-                spin_budget);
+            spin_until([&] { return wait_fd(fd_, POLLIN, clock::now()); }, spin_budget);
             const auto area = dec.write_area();
             iovec iov{area.data(), area.size()};
             unique_fd passed[max_passed_fds];
