@@ -115,6 +115,7 @@ ssize_t send_reply(int sock, const spawn_reply& r, std::span<const int> fds = {}
         tune_worker_socket(sv[1]);
         const pid_t pid = ::fork();
         if (pid == 0) {
+            start_child(self, 0, true, none);
             worker_config mine = cfg;
             mine.parent = self;
             mine.close_fds = {requests, events, sfd, sv[0], cfg.slots_fd};
