@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Sums doctest's test-case counts over a meson testlog.json; prints 'PASSED FAILED'.
+"""Sums doctest's test-case counts over meson testlog.json files; prints 'PASSED FAILED'.
 
 A test binary that ended without doctest's summary line (crash, timeout, abort) counts as one
-failed test case on top of whatever it reported."""
+failed test case on top of whatever it reported. The end of each failed binary's output goes to
+stderr, so that a failure in CI can be read from its log."""
 import json
 import re
 import sys
 
 SUMMARY = re.compile(r"test cases:\s*(\d+)\s*\|\s*(\d+) passed\s*\|\s*(\d+) failed")
+TAIL_LINES = 60
 
 passed = failed = 0
 for path in sys.argv[1:]:
@@ -17,13 +19,21 @@ for path in sys.argv[1:]:
             if not line:
                 continue
             rec = json.loads(line)
-            m = SUMMARY.findall(rec.get("stdout", "") or "")
+            out = rec.get("stdout", "") or ""
+            m = SUMMARY.findall(out)
             if m:
                 _, p, fl = map(int, m[-1])
                 passed += p
                 failed += fl
             elif rec.get("result") == "OK":
                 passed += 1
-            if rec.get("result") not in ("OK", "SKIP", "EXPECTEDFAIL") and (not m or int(m[-1][2]) == 0):
+            bad_exit = rec.get("result") not in ("OK", "SKIP", "EXPECTEDFAIL")
+            if bad_exit and (not m or int(m[-1][2]) == 0):
                 failed += 1
+            if bad_exit or (m and int(m[-1][2]) > 0):
+                tail = "\n".join(out.splitlines()[-TAIL_LINES:])
+                err = "\n".join((rec.get("stderr", "") or "").splitlines()[-TAIL_LINES:])
+                print(f"---- {rec.get('name')} ({path}): {rec.get('result')}, "
+                      f"exit {rec.get('returncode')}, last lines:\n{tail}\n{err}".rstrip(),
+                      file=sys.stderr)
 print(passed, failed)

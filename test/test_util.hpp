@@ -1,6 +1,8 @@
 // Shared test helpers: coroutine test cases with a watchdog, fd and zombie counts.
 #pragma once
 
+#include "current_case.hpp"
+
 #include <asio/co_spawn.hpp>
 #include <asio/error.hpp>
 #include <asio/io_context.hpp>
@@ -9,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -21,30 +24,86 @@
 #include <set>
 #include <sstream>
 #include <string>
-#include <system_error>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <system_error>
 #include <thread>
 #include <unistd.h>
+#include <vector>
 
 namespace coproc::test {
 
-/// Aborts the test binary (so the run fails loudly instead of hanging) if not disarmed in time;
-/// `on_timeout` may print what is stuck first.
+/// One line per thread of this process and per descendant of it: pid, name, state and kernel
+/// wait channel, to stderr; what a watchdog prints before it aborts a hung test.
+inline void print_process_state() {
+    const auto read = [](const std::string& path) {
+        std::ifstream f(path);
+        std::string s;
+        std::getline(f, s);
+        return s;
+    };
+    const auto describe = [&](const std::string& dir) {
+        const std::string stat = read(dir + "/stat"); // pid (comm) state ...
+        const auto close = stat.rfind(')');
+        const bool known = close != std::string::npos && close + 2 < stat.size();
+        return read(dir + "/comm") + " " + (known ? stat[close + 2] : '?') + " " +
+               read(dir + "/wchan");
+    };
+    // Each thread's line, then its children's, depth first.
+    const std::function<void(const std::string&, const std::string&)> show =
+        [&](const std::string& pid, const std::string& indent) {
+            const std::string tasks = "/proc/" + pid + "/task";
+            DIR* d = ::opendir(tasks.c_str());
+            if (!d)
+                return;
+            std::vector<std::string> children;
+            while (const dirent* e = ::readdir(d)) {
+                if (e->d_name[0] == '.')
+                    continue;
+                const std::string dir = tasks + "/" + e->d_name;
+                std::fprintf(stderr, "%s%s/%s: %s\n", indent.c_str(), pid.c_str(), e->d_name,
+                             describe(dir).c_str());
+                std::istringstream kids(read(dir + "/children"));
+                for (std::string kid; kids >> kid;)
+                    children.push_back(kid);
+            }
+            ::closedir(d);
+            for (const auto& kid : children)
+                show(kid, indent + "  ");
+        };
+    show(std::to_string(::getpid()), "  ");
+}
+
+/// Aborts the test binary (so the run fails loudly instead of hanging) if not disarmed in time,
+/// after printing the test case, its threads and children; `on_timeout` may print more first.
 class watchdog {
   public:
     explicit watchdog(std::chrono::seconds limit, std::string what = "test",
                       std::function<void()> on_timeout = {})
         : t_([this, limit, what = std::move(what), on_timeout = std::move(on_timeout)] {
               std::unique_lock lk(m_);
+              started_ = true;
+              cv_.notify_all();
               if (!cv_.wait_for(lk, limit, [&] { return done_; })) {
-                  std::fprintf(stderr, "watchdog: %s still running after %llds: aborting\n",
-                               what.c_str(), static_cast<long long>(limit.count()));
+                  std::fprintf(stderr,
+                               "watchdog: %s in \"%s\" still running after %llds: aborting\n",
+                               what.c_str(), current_test_case.load(),
+                               static_cast<long long>(limit.count()));
+                  print_process_state();
                   if (on_timeout)
                       on_timeout();
+                  // Not through doctest's SIGABRT handler: it would report from this thread while
+                  // the stuck one still runs.
+                  std::signal(SIGABRT, SIG_DFL);
                   std::abort();
               }
-          }) {}
+          }) {
+        // A pool made next forks at once, and a fork must not catch this thread mid-start-up
+        // (inside malloc or the sanitizer's thread bookkeeping, whose locks the child would
+        // inherit held): wait until it waits, holding no lock.
+        std::unique_lock lk(m_);
+        cv_.wait(lk, [&] { return started_; });
+    }
     ~watchdog() {
         {
             std::lock_guard lk(m_);
@@ -58,6 +117,7 @@ class watchdog {
     std::mutex m_;
     std::condition_variable cv_;
     bool done_ = false;
+    bool started_ = false;
     std::thread t_;
 };
 
