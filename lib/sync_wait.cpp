@@ -153,7 +153,7 @@ struct sync_waits::state : std::enable_shared_from_this<state> {
                 attempt_all(timed_out, done);
             }
             for (auto& d : done)
-                d.op->finish(d.error);
+                sync_op::finish(std::move(d.op), d.error);
             timed_out = false;
             if (!done.empty())
                 continue; // what they did may let others through: attempt again before waiting
@@ -172,7 +172,7 @@ struct sync_waits::state : std::enable_shared_from_this<state> {
             all.swap(ops);
         }
         for (auto& p : all)
-            p.op->finish(e);
+            sync_op::finish(std::move(p.op), e);
     }
 };
 
@@ -224,7 +224,7 @@ void sync_waits::start(std::shared_ptr<sync_op> op, std::shared_ptr<void> keep) 
             }
         }
     }
-    op->finish(e);
+    sync_op::finish(std::move(op), e);
 }
 
 void sync_waits::cancel(const std::weak_ptr<void>& waits,
@@ -249,7 +249,7 @@ void sync_waits::cancel(const std::weak_ptr<void>& waits,
     if (!found)
         return;
     o->abandon();
-    o->finish(aborted());
+    sync_op::finish(std::move(o), aborted());
     if (emptied) {
         s->kick.fetch_add(1, std::memory_order_relaxed);
         ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&s->kick), FUTEX_WAKE_PRIVATE, 1,

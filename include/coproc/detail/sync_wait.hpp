@@ -31,6 +31,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -76,8 +77,18 @@ class sync_op {
     virtual bool attempt(bool timed_out) = 0;
     /// The operation was cancelled before it finished (undo what starting it did).
     virtual void abandon() noexcept {}
-    /// Delivers the outcome (posts the handler to its executor). Called once.
-    virtual void finish(std::exception_ptr e) noexcept = 0;
+    /// Delivers the outcome (posts the handler to its executor), taking `op`'s reference: the
+    /// posted handler then holds the last one, so the operation, with the work it keeps on the
+    /// handler's executor, ends there and never on a helper thread after the executor's
+    /// context is gone. Called once per operation.
+    static void finish(std::shared_ptr<sync_op>&& op, std::exception_ptr e) noexcept {
+        sync_op& o = *op;
+        o.post_completion(std::move(op), std::move(e));
+    }
+
+  private:
+    /// finish(): `self` is this operation.
+    virtual void post_completion(std::shared_ptr<sync_op> self, std::exception_ptr e) noexcept = 0;
 };
 
 /// The parked asynchronous operations of this process on one futex word.
@@ -109,9 +120,7 @@ class sync_waits {
 /// A parked operation that completes `Handler` with void(std::exception_ptr) (R void) or
 /// void(std::exception_ptr, R). `Attempt` is callable as bool(bool timed_out); it may have
 /// abandon() and, for R not void, result() (called on success, on the handler's executor).
-template <class Handler, class Attempt, class R>
-class handler_op final : public sync_op,
-                         public std::enable_shared_from_this<handler_op<Handler, Attempt, R>> {
+template <class Handler, class Attempt, class R> class handler_op final : public sync_op {
   public:
     handler_op(Handler h, Attempt a)
         : handler_(std::move(h)), attempt_(std::move(a)),
@@ -123,17 +132,22 @@ class handler_op final : public sync_op,
         if constexpr (requires { attempt_.abandon(); })
             attempt_.abandon();
     }
-    void finish(std::exception_ptr e) noexcept override {
-        auto ex = asio::get_associated_executor(handler_);
-        asio::post(ex, [self = this->shared_from_this(), e]() mutable { self->complete(e); });
-    }
     Handler& handler() noexcept { return handler_; }
 
   private:
+    void post_completion(std::shared_ptr<sync_op> self, std::exception_ptr e) noexcept override {
+        auto ex = asio::get_associated_executor(handler_);
+        asio::post(ex, [self = std::static_pointer_cast<handler_op>(std::move(self)), e]() mutable {
+            self->complete(e);
+        });
+    }
+
+    // On the handler's executor. The work is given back here, where its context is alive.
     void complete(std::exception_ptr e) {
         auto slot = asio::get_associated_cancellation_slot(handler_);
         if (slot.is_connected())
             slot.clear();
+        work_.reset();
         if constexpr (std::is_void_v<R>) {
             std::move(handler_)(e);
         } else {
@@ -146,8 +160,10 @@ class handler_op final : public sync_op,
 
     Handler handler_;
     Attempt attempt_;
-    decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
-                          asio::execution::outstanding_work.tracked)) work_;
+    std::optional<
+        std::decay_t<decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
+                                           asio::execution::outstanding_work.tracked))>>
+        work_;
 };
 
 /// Starts a parked operation for `handler` on `waits`, its cancellation slot (if connected)
