@@ -71,7 +71,7 @@ template <class R> class imap_state : public chunked_call {
             if (finished)
                 co_return std::nullopt;
             co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
-                [this](auto handler) { park(std::move(handler)); }, asio::use_awaitable);
+                [this](auto handler) { this->park(std::move(handler)); }, asio::use_awaitable);
         }
     }
 
