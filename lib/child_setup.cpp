@@ -127,6 +127,12 @@ void start_child(pid_t parent, int orphan_code, bool ignore_sigint, const sigset
     ::sigprocmask(SIG_SETMASK, &mask, nullptr);
 }
 
+void start_pool_child(pid_t parent) noexcept {
+    sigset_t none;
+    sigemptyset(&none);
+    start_child(parent, 0, true, none);
+}
+
 std::vector<int> open_fds() {
     std::vector<int> out;
     if (DIR* d = ::opendir("/proc/self/fd")) {

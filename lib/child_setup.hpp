@@ -44,6 +44,9 @@ void close_inherited_fds(std::span<const int> mine, const std::vector<int>* only
 /// ignores SIGINT if `ignore_sigint` (pool processes: the parent decides) and takes `mask` as
 /// its signal mask.
 void start_child(pid_t parent, int orphan_code, bool ignore_sigint, const sigset_t& mask) noexcept;
+/// start_child() as a pool's fork server and workers run it: _exit(0) if `parent` is already
+/// gone, SIGINT ignored, no signal blocked.
+void start_pool_child(pid_t parent) noexcept;
 
 /// The descriptors open in this process, in order.
 std::vector<int> open_fds();

@@ -115,9 +115,7 @@ worker_spawner::spawned worker_spawner::fork_here(std::size_t slot) {
 // A worker forked by this (possibly threaded) process: it keeps only its own descriptors and
 // maps the slots itself (the parent's mapping is not inherited).
 void worker_spawner::fallback_worker_main(int fd, std::size_t slot) noexcept {
-    sigset_t none;
-    sigemptyset(&none);
-    start_child(cfg_.parent, 0, true, none);
+    start_pool_child(cfg_.parent);
     const int mine[] = {fd, cfg_.slots_fd};
     close_inherited_fds(mine, cfg_.only_needed_fds ? &cfg_.keep_fds : nullptr);
     worker_slot* slots = nullptr;

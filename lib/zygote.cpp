@@ -39,9 +39,7 @@ ssize_t send_reply(int sock, const spawn_reply& r, std::span<const int> fds = {}
 
 // The zygote's life: fork workers on request, reap them, report their exits.
 [[noreturn]] void serve(int requests, int events, const worker_config& cfg) noexcept {
-    sigset_t none;
-    sigemptyset(&none);
-    start_child(cfg.parent, 0, true, none); // SIGCHLD too: if ignored, workers go unreported
+    start_pool_child(cfg.parent); // SIGCHLD too: if ignored, workers go unreported
     // Nothing of other pools (or, with close_fds, of the program) reaches the workers.
     const int mine[] = {requests, events, cfg.slots_fd};
     close_inherited_fds(mine, cfg.only_needed_fds ? &cfg.keep_fds : nullptr);
@@ -115,7 +113,7 @@ ssize_t send_reply(int sock, const spawn_reply& r, std::span<const int> fds = {}
         tune_worker_socket(sv[1]);
         const pid_t pid = ::fork();
         if (pid == 0) {
-            start_child(self, 0, true, none);
+            start_pool_child(self);
             worker_config mine = cfg;
             mine.parent = self;
             mine.close_fds = {requests, events, sfd, sv[0], cfg.slots_fd};
