@@ -21,16 +21,17 @@ for path in sys.argv[1:]:
             rec = json.loads(line)
             out = rec.get("stdout", "") or ""
             m = SUMMARY.findall(out)
+            reported = 0  # failed test cases in doctest's summary
             if m:
-                _, p, fl = map(int, m[-1])
+                _, p, reported = map(int, m[-1])
                 passed += p
-                failed += fl
+                failed += reported
             elif rec.get("result") == "OK":
                 passed += 1
             bad_exit = rec.get("result") not in ("OK", "SKIP", "EXPECTEDFAIL")
-            if bad_exit and (not m or int(m[-1][2]) == 0):
+            if bad_exit and reported == 0:
                 failed += 1
-            if bad_exit or (m and int(m[-1][2]) > 0):
+            if bad_exit or reported > 0:
                 tail = "\n".join(out.splitlines()[-TAIL_LINES:])
                 err = "\n".join((rec.get("stderr", "") or "").splitlines()[-TAIL_LINES:])
                 print(f"---- {rec.get('name')} ({path}): {rec.get('result')}, "

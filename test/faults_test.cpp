@@ -9,6 +9,7 @@
 //      does not grow from one fault to the next.
 // The run ends with the matrix of cells passed / run (COPROC_FAULT_MATRIX_FILE=path also
 // appends one line per cell to that file).
+#include "listener.hpp"
 #include "tasks.hpp"
 #include "test_util.hpp"
 #include <coproc/pool.hpp>
@@ -353,7 +354,7 @@ std::atomic<int> g_failures{0};                    // failed assertions so far (
 std::map<std::pair<int, int>, cell_stats> g_cells; // (fault, call) -> stats
 
 /// Counts failed assertions, and prints the matrix when the run ends.
-struct matrix_listener : doctest::IReporter {
+struct matrix_listener : coproc::test::quiet_listener {
     explicit matrix_listener(const doctest::ContextOptions& o) : opt(o) {}
 
     void log_assert(const doctest::AssertData& a) override {
@@ -366,15 +367,6 @@ struct matrix_listener : doctest::IReporter {
     }
     void test_case_exception(const doctest::TestCaseException&) override { ++g_failures; }
     void test_run_end(const doctest::TestRunStats&) override;
-
-    void report_query(const doctest::QueryData&) override {}
-    void test_run_start() override {}
-    void test_case_start(const doctest::TestCaseData&) override {}
-    void test_case_reenter(const doctest::TestCaseData&) override {}
-    void test_case_end(const doctest::CurrentTestCaseStats&) override {}
-    void subcase_start(const doctest::SubcaseSignature&) override {}
-    void subcase_end() override {}
-    void test_case_skipped(const doctest::TestCaseData&) override {}
 
     const doctest::ContextOptions& opt;
 };
