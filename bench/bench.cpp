@@ -263,6 +263,23 @@ void map_large_results() {
     emit("map_large_results", double(n * MiB) / 1e6 / dt, "MB/s", n, ok);
 }
 
+// What map_large_results costs the parent before any worker or socket: keeping 512 results,
+// each a fresh 1 MiB vector written once from a reply's bytes. A pool that returns its results
+// pays at least this; the C limit, which reads every reply into one reused buffer, pays none of
+// it. (Not a WORKLOADS.md workload: the bound beside map_large_results in the same run.)
+void held_results_bound() {
+    const std::size_t n = n_of(512);
+    const blob reply(MiB, 7);
+    std::vector<blob> held;
+    held.reserve(n);
+    const auto t0 = clock::now();
+    for (std::size_t i = 0; i < n; ++i)
+        held.emplace_back(reply.begin(), reply.end());
+    const double dt = seconds_since(t0);
+    const bool ok = std::ranges::all_of(held, [](const blob& b) { return b.size() == MiB; });
+    emit("held_results_bound", double(n * MiB) / 1e6 / dt, "MB/s", n, ok);
+}
+
 void cpu_scaling() {
     constexpr std::size_t tasks = 64;
     double t[3] = {};
@@ -292,6 +309,7 @@ int main(int argc, char** argv) {
         {"starmap_small", "items/s", starmap_small},
         {"map_large_args", "MB/s", map_large_args},
         {"map_large_results", "MB/s", map_large_results},
+        {"held_results_bound", "MB/s", held_results_bound},
         {"cpu_scaling", "x", cpu_scaling},
     };
     add_channel_workloads(all);

@@ -104,6 +104,31 @@ TEST_CASE("values of every standard container come back as they were sent") {
           std::unordered_multiset<int>{1, 1, 2});
 }
 
+TEST_CASE("sequences of one-byte elements come back byte for byte, every byte value") {
+    std::vector<std::uint8_t> bytes(256 * 4);
+    for (std::size_t i = 0; i < bytes.size(); ++i)
+        bytes[i] = static_cast<std::uint8_t>(i);
+    CHECK(round_trip(bytes) == bytes);
+    const std::vector<std::int8_t> signed_bytes(bytes.begin(), bytes.end());
+    CHECK(round_trip(signed_bytes) == signed_bytes);
+    const std::vector<char> chars(bytes.begin(), bytes.end());
+    CHECK(round_trip(chars) == chars);
+    const std::string text(bytes.begin(), bytes.end());
+    CHECK(round_trip(text) == text);
+    const std::u8string utf8(bytes.begin(), bytes.end());
+    CHECK(round_trip(utf8) == utf8);
+    // Loaded into a longer one, only what was sent is left.
+    std::vector<char> buf;
+    coproc::serialize_into(buf, std::string("ab"), std::vector<std::uint8_t>{1});
+    std::string s(100, 'x');
+    std::vector<std::uint8_t> v(100, 9);
+    coproc::deserialize_from(buf, s, v);
+    CHECK(s == "ab");
+    CHECK(v == std::vector<std::uint8_t>{1});
+    // A count one past the bytes sent is refused, not read beyond the message.
+    CHECK_THROWS_AS(coproc::deserialize_from(count_then(11, 10), v), coproc::error);
+}
+
 TEST_CASE("loading into a non-empty container replaces what it held") {
     std::vector<char> buf;
     coproc::serialize_into(buf, std::vector<std::string>{"new"}, std::deque<int>{1},

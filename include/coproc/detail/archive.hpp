@@ -30,6 +30,7 @@
 #include <string>
 #include <type_traits>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 namespace coproc::detail {
@@ -83,11 +84,16 @@ class checked_input_archive
         : InputArchive(this), next_(in.data()), end_(in.data() + in.size()) {}
 
     void loadBinary(void* const data, std::size_t size) {
+        const char* bytes = take(size);
+        if (size != 0)
+            std::memcpy(data, bytes, size);
+    }
+
+    /// The next `size` bytes, read in place (they stay valid as long as the message).
+    const char* take(std::size_t size) {
         if (size > remaining()) [[unlikely]]
             truncated(size);
-        if (size != 0)
-            std::memcpy(data, next_, size);
-        next_ += size;
+        return std::exchange(next_, next_ + size);
     }
 
     /// Bytes not read yet.
@@ -198,18 +204,32 @@ requires(!std::is_arithmetic_v<T>) void CEREAL_LOAD_FUNCTION_NAME(checked_input_
     load_elements(ar, v);
 }
 
+/// Loads the elements of a vector or string of numbers or characters as bytes. Elements of a
+/// character type that may alias bytes (char, signed and unsigned char) are copied from the
+/// message in one pass: a large result's fresh memory is written once, not zeroed first. Others,
+/// which may sit unaligned in the message, are sized, then copied.
+template <class Seq> void load_bytes(checked_input_archive& ar, Seq& seq) {
+    using T = typename Seq::value_type;
+    const std::size_t n = load_count(ar, sizeof(T));
+    if constexpr (sizeof(T) == 1 && !std::is_same_v<T, char8_t>) {
+        const auto* first = reinterpret_cast<const T*>(ar.take(n));
+        seq.assign(first, first + n);
+    } else {
+        seq.resize(n);
+        ar.loadBinary(seq.data(), n * sizeof(T));
+    }
+}
+
 template <class T, class A>
 requires(std::is_arithmetic_v<T> &&
          !std::is_same_v<T, bool>) void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar,
                                                                   std::vector<T, A>& v) {
-    v.resize(load_count(ar, sizeof(T)));
-    ar.loadBinary(v.data(), v.size() * sizeof(T));
+    load_bytes(ar, v);
 }
 
 template <class C, class Traits, class A>
 void CEREAL_LOAD_FUNCTION_NAME(checked_input_archive& ar, std::basic_string<C, Traits, A>& s) {
-    s.resize(load_count(ar, sizeof(C)));
-    ar.loadBinary(s.data(), s.size() * sizeof(C));
+    load_bytes(ar, s);
 }
 
 template <class T, class A>
