@@ -80,19 +80,57 @@ void core_impl::start() {
 
 // ---------------------------------------------------------------- submission
 
-void core_impl::submit(job_ptr j) {
-    std::lock_guard lk(mu_);
-    check_open_locked();
-    dispatcher_.push(std::move(j));
-    pump();
-}
+void core_impl::submit(job_ptr j) { enqueue({&j, 1}); }
 
-void core_impl::submit(std::vector<job_ptr> jobs) {
-    std::lock_guard lk(mu_);
+void core_impl::submit(std::vector<job_ptr> jobs) { enqueue(jobs); }
+
+// A submitter that finds mu_ held does not wait for it: its jobs go to the inbox (see
+// pool_core_impl.hpp). One that gets mu_ takes the inbox first, so that one thread's jobs are
+// queued in the order it submitted them.
+void core_impl::enqueue(std::span<job_ptr> jobs) {
+    std::unique_lock lk(mu_, std::try_to_lock);
+    if (!lk.owns_lock()) {
+        if (defer(jobs))
+            return;
+        lk.lock();
+    }
     check_open_locked();
+    take_inbox_locked();
     for (auto& j : jobs)
         dispatcher_.push(std::move(j));
     pump();
+}
+
+// Queues `jobs` in the inbox, unless it is closed (the caller then takes mu_, and learns why).
+// The first job of an empty inbox posts the handler that takes it.
+bool core_impl::defer(std::span<job_ptr> jobs) {
+    bool first = false;
+    {
+        std::lock_guard lk(inbox_mu_);
+        if (!inbox_open_)
+            return false;
+        first = inbox_.empty();
+        for (auto& j : jobs)
+            inbox_.push_back(std::move(j));
+    }
+    if (first)
+        asio::post(ex_, [self = shared_from_this()] {
+            std::lock_guard lk(self->mu_);
+            self->take_inbox_locked();
+            self->pump();
+        });
+    return true;
+}
+
+// Moves the inbox's jobs to the dispatcher; `close`: for good (close(), terminate(), a broken
+// pool), so that later submissions take mu_ and are refused there.
+void core_impl::take_inbox_locked(bool close) {
+    std::lock_guard lk(inbox_mu_);
+    for (auto& j : inbox_)
+        dispatcher_.push(std::move(j));
+    inbox_.clear();
+    if (close)
+        inbox_open_ = false;
 }
 
 void core_impl::submit_more(std::vector<job_ptr> jobs) {
@@ -110,6 +148,7 @@ void core_impl::cancel(const std::shared_ptr<task_sink>& sink) noexcept {
     std::vector<job_ptr> dropped; // freed without the mutex
     std::lock_guard lk(mu_);
     sink->cancel();
+    take_inbox_locked(); // a job still in the inbox is dropped with the queued ones
     dropped = dispatcher_.take(sink.get());
     for (const auto& w : links_) {
         if (w->has_exited() || w->reason() != kill_reason::none)
@@ -157,6 +196,7 @@ void core_impl::check_open_locked() const {
 
 void core_impl::close() {
     std::lock_guard lk(mu_);
+    take_inbox_locked(true); // submitted before close(): they run
     if (state_ == run_state::running)
         state_ = run_state::closing;
     pump();
@@ -177,6 +217,7 @@ void core_impl::terminate() {
 
 void core_impl::fail_all_locked(effects& fx,
                                 const std::function<std::exception_ptr()>& make_error) {
+    take_inbox_locked(true);
     for (auto& j : dispatcher_.take_all())
         fx.fail(std::move(j), make_error());
     for (auto& w : links_) {

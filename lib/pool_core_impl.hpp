@@ -8,9 +8,10 @@
 //   timeout_watch    task timeouts
 //
 // All state, the units' included, is guarded by one mutex; handlers run on the pool's executor
-// and take it. Sinks (user-visible completions and callbacks) are always called with the mutex
-// released (see effects), so a callback may call back into the pool. fork() is never called
-// with the mutex held.
+// and take it. (Jobs submitted while it is held wait in the inbox, under a lock of its own.)
+// Sinks (user-visible completions and callbacks) are always called with the mutex released (see
+// effects), so a callback may call back into the pool. fork() is never called with the mutex
+// held.
 #pragma once
 
 #include <coproc/detail/handler_slot.hpp>
@@ -27,6 +28,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <span>
 
 namespace coproc::detail {
 
@@ -102,6 +104,9 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
 
     // pool_core.cpp
     void check_open_locked() const;
+    void enqueue(std::span<job_ptr> jobs);
+    bool defer(std::span<job_ptr> jobs);
+    void take_inbox_locked(bool close = false);
     bool finished_locked() const { return links_.empty() && spawning_ == 0; }
     // Finished, and every failed task's outcome is set: join() may return.
     bool joinable_locked() const { return finished_locked() && undelivered_ == 0; }
@@ -155,6 +160,14 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     std::size_t undelivered_ = 0;
     waiter_list join_waiters_;
     std::map<pid_t, int> early_exits_; // exits reported before spawn() registered the worker
+
+    // Jobs submitted while another thread held mu_ (the loop, handling replies): queued here
+    // under a lock held only to append, rather than waiting for mu_, and taken in order by the
+    // next holder of mu_ that submits, or by a handler posted for the first of them. close()
+    // and fail_all_locked() take what is left and close it: then submissions take mu_ again.
+    std::mutex inbox_mu_;
+    std::vector<job_ptr> inbox_;
+    bool inbox_open_ = true;
 };
 
 } // namespace coproc::detail

@@ -286,6 +286,79 @@ TEST_CASE("terminate() fails running and queued tasks with pool_closed, without 
     pool.terminate(); // again: nothing to do
 }
 
+// Submitting threads meet the pool's loop, which holds the pool's lock while it takes replies:
+// their jobs then queue without the lock and are taken in order.
+TEST_CASE("tasks from several threads while replies stream in: none lost, each thread's in order") {
+    watchdog dog(120s);
+    coproc::pool pool(1); // one worker runs the tasks in the order they were queued
+    constexpr int threads = 3, each = 3000;
+    std::vector<std::vector<coproc::async_result<long>>> results(threads);
+    std::vector<std::thread> submitters;
+    for (int t = 0; t < threads; ++t)
+        submitters.emplace_back([&, t] {
+            for (int i = 0; i < each; ++i)
+                results[t].push_back(pool.apply_async(tasks::ticket, {t}));
+        });
+    for (auto& s : submitters)
+        s.join();
+    std::set<long> seen;
+    for (auto& rs : results) {
+        long last = -1;
+        for (auto& r : rs) {
+            const long ticket = r.get();
+            CHECK(ticket > last); // this thread's tasks ran in the order it submitted them
+            last = ticket;
+            seen.insert(ticket);
+        }
+    }
+    CHECK(seen.size() == std::size_t{threads * each}); // every task ran once
+}
+
+// Whatever the interleaving, a submission is either refused or runs.
+TEST_CASE("close() or terminate() while threads submit: each task refused, run or failed") {
+    watchdog dog(120s);
+    for (const bool terminate : {false, true}) {
+        CAPTURE(terminate);
+        coproc::pool pool(2);
+        constexpr int threads = 3;
+        std::vector<std::vector<std::pair<int, coproc::async_result<int>>>> results(threads);
+        std::atomic<int> refused{0};
+        std::vector<std::thread> submitters;
+        for (int t = 0; t < threads; ++t)
+            submitters.emplace_back([&, t] {
+                for (int i = 0;; ++i) {
+                    try {
+                        results[t].emplace_back(i, pool.apply_async(tasks::square, {i % 1000}));
+                    } catch (const coproc::pool_closed&) {
+                        ++refused;
+                        return;
+                    }
+                }
+            });
+        std::this_thread::sleep_for(20ms);
+        terminate ? pool.terminate() : pool.close();
+        for (auto& s : submitters)
+            s.join();
+        pool.join();
+        CHECK(refused == threads); // every thread was refused once the pool closed
+        std::size_t ran = 0, failed = 0;
+        for (auto& rs : results)
+            for (auto& [i, r] : rs) {
+                REQUIRE(r.ready()); // after join(), every outcome is set
+                try {
+                    const int v = r.get();
+                    CHECK(v == (i % 1000) * (i % 1000));
+                    ++ran;
+                } catch (const coproc::pool_closed&) {
+                    CHECK(terminate); // only terminate() fails accepted tasks
+                    ++failed;
+                }
+            }
+        CHECK(ran + failed > 0);
+        CHECK_THROWS_AS(pool.apply_async(tasks::square, {1}), coproc::pool_closed);
+    }
+}
+
 TEST_CASE("terminate() while large arguments are being written neither crashes nor hangs") {
     watchdog dog(30s);
     const std::vector<int> big(1 << 20, 1); // 4 MiB per request: written in many rounds

@@ -52,6 +52,13 @@ inline point move_by(point p, int dx) {
     return p;
 }
 
+/// The number of tasks this worker ran before this one (`tag` is ignored: it tells callers'
+/// tasks apart). In a one-worker pool, the order in which tasks ran.
+inline long ticket(int /*tag*/) {
+    static long next = 0;
+    return next++;
+}
+
 /// Sleeps `ms` milliseconds and returns it.
 inline int sleep_ms(int ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
