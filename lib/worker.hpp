@@ -63,8 +63,8 @@ struct worker_config {
 /// Maps the `n` worker slots held by memfd `fd`; throws std::system_error.
 worker_slot* map_slots(int fd, std::size_t n);
 
-/// Runs in a freshly forked child that has run start_pool_child() (as its first step, before anything
-/// that allocates or blocks): serves task frames on `fd` until EOF, maxtasks or death.
+/// Runs in a freshly forked child that has run start_pool_child() (as its first step, before
+/// anything that allocates or blocks): serves task frames on `fd` until EOF, maxtasks or death.
 [[noreturn]] void worker_main(int fd, worker_slot* slot, const worker_config& cfg) noexcept;
 
 std::int64_t monotonic_ns() noexcept;

@@ -9,6 +9,7 @@
 #include <asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -322,6 +323,8 @@ TEST_CASE("close() or terminate() while threads submit: each task refused, run o
         coproc::pool pool(2);
         constexpr int threads = 3;
         std::vector<std::vector<std::pair<int, coproc::async_result<int>>>> results(threads);
+        constexpr int before_close = 100; // tasks each thread has queued when the pool closes
+        std::array<std::atomic<int>, threads> accepted{};
         std::atomic<int> refused{0};
         std::vector<std::thread> submitters;
         for (int t = 0; t < threads; ++t)
@@ -329,13 +332,15 @@ TEST_CASE("close() or terminate() while threads submit: each task refused, run o
                 for (int i = 0;; ++i) {
                     try {
                         results[t].emplace_back(i, pool.apply_async(tasks::square, {i % 1000}));
+                        ++accepted[t];
                     } catch (const coproc::pool_closed&) {
                         ++refused;
                         return;
                     }
                 }
             });
-        std::this_thread::sleep_for(20ms);
+        while (std::ranges::any_of(accepted, [](const auto& n) { return n < before_close; }))
+            std::this_thread::sleep_for(1ms);
         terminate ? pool.terminate() : pool.close();
         for (auto& s : submitters)
             s.join();
@@ -354,7 +359,7 @@ TEST_CASE("close() or terminate() while threads submit: each task refused, run o
                     ++failed;
                 }
             }
-        CHECK(ran + failed > 0);
+        CHECK(ran + failed >= std::size_t{threads * before_close});
         CHECK_THROWS_AS(pool.apply_async(tasks::square, {1}), coproc::pool_closed);
     }
 }
