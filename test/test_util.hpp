@@ -17,6 +17,7 @@
 #include <cstring>
 #include <dirent.h>
 #include <exception>
+#include <fcntl.h>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -25,6 +26,7 @@
 #include <sstream>
 #include <string>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <system_error>
 #include <thread>
@@ -210,15 +212,28 @@ inline int own_socket() {
     return -1;
 }
 
+/// The number of open descriptors, not counting pipes without close-on-exec. The sanitizers'
+/// runtime probes memory through such a pipe (pipe2 without flags, then close) on any thread at
+/// any time; every descriptor coproc makes is close-on-exec, its pipes included.
 inline int fd_count() {
     int n = 0;
     if (DIR* d = opendir("/proc/self/fd")) {
-        while (dirent* e = readdir(d))
-            if (e->d_name[0] != '.')
-                ++n;
+        const int own = dirfd(d);
+        while (dirent* e = readdir(d)) {
+            if (e->d_name[0] == '.')
+                continue;
+            const int fd = std::atoi(e->d_name);
+            struct stat st {};
+            const int flags = ::fcntl(fd, F_GETFD);
+            if (fd == own || flags < 0 || ::fstat(fd, &st) != 0) // closed since it was listed
+                continue;
+            if (S_ISFIFO(st.st_mode) && !(flags & FD_CLOEXEC))
+                continue;
+            ++n;
+        }
         closedir(d);
     }
-    return n - 1; // the DIR's own descriptor
+    return n;
 }
 
 /// One live process as /proc/PID/stat shows it.
