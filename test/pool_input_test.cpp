@@ -1,8 +1,8 @@
 // map, starmap and imap over inputs that throw, huge chunksizes, bool results written by
 // several loop threads, and replies with bytes left over.
+#include <coproc/pool.hpp>
 #include "tasks.hpp"
 #include "test_util.hpp"
-#include <coproc/pool.hpp>
 
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
@@ -11,10 +11,13 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <iterator>
+#include <list>
 #include <optional>
 #include <ranges>
 #include <set>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -123,6 +126,9 @@ asio::awaitable<drained> drain(coproc::async_generator<int> g) {
     d.ended_after = !(co_await g.next());
     co_return d;
 }
+
+double halve(double x) { return x / 2; }
+std::int64_t cube(std::int64_t x) { return x * x * x; }
 
 std::vector<int> sorted(std::vector<int> v) {
     std::sort(v.begin(), v.end());
@@ -382,6 +388,65 @@ TEST_CASE("map of bool results on a loop run by 4 threads gets every result righ
     guard.reset();
     for (auto& t : threads)
         t.join();
+}
+
+// ------------------------------------------------------------------ numbers
+
+// A map over a random-access range of numbers writes each chunk's items in one pass, and
+// results that are numbers are read in one copy; any other range goes item by item. Both must
+// give what the task gives for each item, converted to its parameter type as one item would be.
+COPROC_TEST_CASE("a map over numbers gives every result, from every kind of range and chunking") {
+    coproc::pool pool(io.get_executor(), {.processes = 2});
+    for (const int n : {0, 1, 10, 1001}) {
+        const std::vector<int> ints = iota(n);
+        std::vector<std::int64_t> cubes;
+        std::vector<double> halves;
+        for (const int x : ints) {
+            cubes.push_back(std::int64_t{x} * x * x);
+            halves.push_back(x / 2.0);
+        }
+        const std::list<int> list(ints.begin(), ints.end());
+        const std::vector<short> shorts(ints.begin(), ints.end());
+        for (const std::size_t chunksize :
+             {std::size_t{0}, std::size_t{1}, std::size_t{3}, std::size_t{1000}, SIZE_MAX}) {
+            CAPTURE(n);
+            CAPTURE(chunksize);
+            CHECK(co_await pool.map(cube, ints, chunksize) == cubes); // int -> int64 parameter
+            CHECK(co_await pool.map(cube, list, chunksize) == cubes); // item by item
+            CHECK(co_await pool.map(cube, shorts, chunksize) == cubes);
+            CHECK(co_await pool.map(halve, ints, chunksize) == halves); // int -> double
+            CHECK(co_await pool.map(halve, list, chunksize) == halves);
+            auto view = std::views::iota(0, n) | std::views::transform([](int x) { return x; });
+            CHECK(co_await pool.map(cube, view, chunksize) == cubes);
+            const std::span<const int> span(ints);
+            CHECK(co_await pool.map(cube, span, chunksize) == cubes);
+            std::vector<std::int64_t> got;
+            auto g = pool.imap(cube, ints, chunksize == 0 ? 1 : chunksize);
+            while (auto v = co_await g.next())
+                got.push_back(*v);
+            CHECK(got == cubes);
+        }
+    }
+    pool.close();
+    co_await pool.async_join();
+}
+
+TEST_CASE("numbers read in one copy must fill the reply exactly") {
+    const std::vector<std::int64_t> sent{1, -2, 3};
+    std::vector<char> bytes(sent.size() * sizeof(std::int64_t));
+    std::memcpy(bytes.data(), sent.data(), bytes.size());
+    std::vector<std::int64_t> got(3);
+    coproc::detail::read_numbers(std::span<const char>(bytes), std::span(got));
+    CHECK(got == sent);
+    std::vector<std::int64_t> two(2), four(4);
+    CHECK_THROWS_WITH_AS(coproc::detail::read_numbers(std::span<const char>(bytes), std::span(two)),
+                         "malformed reply: 24 bytes for 2 numbers of 8 bytes", coproc::error);
+    CHECK_THROWS_WITH_AS(
+        coproc::detail::read_numbers(std::span<const char>(bytes), std::span(four)),
+        "malformed reply: 24 bytes for 4 numbers of 8 bytes", coproc::error);
+    std::vector<std::int64_t> none;
+    coproc::detail::read_numbers(std::span<const char>(), std::span(none));
+    CHECK(none.empty());
 }
 
 // ------------------------------------------------------------------ malformed replies

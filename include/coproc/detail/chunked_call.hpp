@@ -4,18 +4,39 @@
 #pragma once
 
 #include <coproc/detail/pool_core.hpp>
+#include <coproc/error.hpp>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <mutex>
 #include <ranges>
+#include <span>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace coproc::detail {
+
+/// A number type other than bool: its binary form (cereal's) is its own bytes.
+template <class T>
+inline constexpr bool is_number = std::is_arithmetic_v<T> && !std::is_same_v<T, bool>;
+
+/// Reads `out.size()` numbers from `in`, which holds exactly their binary form, in one copy;
+/// throws coproc::error if its size is not that.
+template <class T> void read_numbers(std::span<const char> in, std::span<T> out) {
+    static_assert(is_number<T>);
+    if (in.size() != out.size_bytes())
+        throw error("malformed reply: " + std::to_string(in.size()) + " bytes for " +
+                    std::to_string(out.size()) + " numbers of " + std::to_string(sizeof(T)) +
+                    " bytes");
+    if (!out.empty())
+        std::memcpy(out.data(), in.data(), in.size());
+}
 
 /// Writes one input item as the argument tuple `Args` of the task function. With `Star`, the
 /// item is itself a tuple (or pair/array) of arguments, as in starmap.
@@ -68,6 +89,8 @@ template <class Fp, bool Star, class View> class chunk_encoder {
                 fn_,
                 [&](writer& w) {
                     std::vector<char>& frame = w.buffer();
+                    if constexpr (raw_items)
+                        return write_raw(frame, n, error);
                     for (; n < chunksize_; ++n) {
                         const std::size_t before = frame.size();
                         bool written = false;
@@ -99,6 +122,42 @@ template <class Fp, bool Star, class View> class chunk_encoder {
     }
 
   private:
+    // The parameter of a map's one-parameter function (void for starmap and other arities).
+    template <class Args> struct sole_param { using type = void; };
+    template <class A> struct sole_param<std::tuple<A>> {
+        using type = std::conditional_t<Star, void, A>;
+    };
+    using number = typename sole_param<typename fn_traits<Fp>::args>::type;
+    /// A map over a random-access range of numbers into a numeric parameter: each item's bytes
+    /// are the number's own (cereal's binary form), written in one pass over the chunk.
+    static constexpr bool raw_items =
+        is_number<number> && std::ranges::random_access_range<View> &&
+        std::sized_sentinel_for<std::ranges::sentinel_t<View>, std::ranges::iterator_t<View>> &&
+        std::is_arithmetic_v<std::remove_cvref_t<std::ranges::range_reference_t<View>>>;
+
+    /// The chunk's items as write_item() would write them, one after the other, counting them
+    /// in `n`; an item that cannot be read ends the input there, as in next().
+    std::size_t write_raw(std::vector<char>& frame, std::size_t& n, std::exception_ptr& error) {
+        using T = std::remove_cv_t<number>;
+        const auto left = static_cast<std::size_t>(std::ranges::end(items_) - it_);
+        const std::size_t count = std::min(chunksize_, left);
+        const std::size_t at = frame.size();
+        frame.resize(at + count * sizeof(T));
+        char* out = frame.data() + at;
+        try {
+            while (n < count) {
+                const T v(*it_);
+                std::memcpy(out + n * sizeof v, &v, sizeof v);
+                ++n;
+                ++it_;
+            }
+        } catch (...) {
+            frame.resize(at + n * sizeof(T));
+            error = std::current_exception();
+        }
+        return n;
+    }
+
     /// Room for the rest of the chunk, if its items take as many bytes as the first (for at most
     /// max_reserved_frame more bytes): the frame then grows without copying itself over and over.
     void reserve_like_first(std::vector<char>& frame, std::size_t item_bytes) {

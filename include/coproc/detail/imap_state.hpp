@@ -35,14 +35,19 @@ template <class R> class imap_state : public chunked_call {
         try {
             // As many results as the request had items (a void task's result takes no bytes).
             const std::uint64_t n = read_header(j.frame.data()).aux;
-            reader r(payload);
-            for (std::uint64_t i = 0; i < n; ++i) {
-                R v;
-                r(v);
-                o.values.push_back(std::move(v));
+            if constexpr (is_number<R>) {
+                o.values.resize(n);
+                read_numbers(payload, std::span(o.values));
+            } else {
+                reader r(payload);
+                for (std::uint64_t i = 0; i < n; ++i) {
+                    R v;
+                    r(v);
+                    o.values.push_back(std::move(v));
+                }
+                if (r.remaining() != 0)
+                    throw error("malformed reply: bytes left after the results of a chunk");
             }
-            if (r.remaining() != 0)
-                throw error("malformed reply: bytes left after the results of a chunk");
         } catch (...) {
             o.values.clear();
             o.error = undecodable_result(j);

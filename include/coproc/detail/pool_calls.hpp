@@ -79,14 +79,18 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
         try {
             const std::size_t first = j.chunk * chunksize_;
             const std::size_t last = first + std::min(chunksize_, results_.size() - first);
-            reader r(payload);
-            for (std::size_t i = first; i < last; ++i) {
-                T v;
-                r(v);
-                results_[i] = std::move(v);
+            if constexpr (is_number<T>) {
+                read_numbers(payload, std::span(results_).subspan(first, last - first));
+            } else {
+                reader r(payload);
+                for (std::size_t i = first; i < last; ++i) {
+                    T v;
+                    r(v);
+                    results_[i] = std::move(v);
+                }
+                if (r.remaining() != 0)
+                    throw error("malformed reply: bytes left after the results of a chunk");
             }
-            if (r.remaining() != 0)
-                throw error("malformed reply: bytes left after the results of a chunk");
         } catch (...) {
             return on_error(j, undecodable_result(j));
         }
