@@ -425,6 +425,9 @@ COPROC_TEST_CASE("a map over numbers gives every result, from every kind of rang
             while (auto v = co_await g.next())
                 got.push_back(*v);
             CHECK(got == cubes);
+            if (n > 2) // a task throwing on item 2 of a chunk of numbers fails the map with it
+                CHECK_THROWS_AS(co_await pool.map(fail_at_2, ints, chunksize),
+                                std::invalid_argument);
         }
     }
     pool.close();

@@ -66,6 +66,8 @@ class reader {
     reader(const reader&) = delete;
     template <class... T> void operator()(T&... v) { ar_(v...); }
     std::size_t remaining() const noexcept { return ar_.remaining(); }
+    /// The next `size` bytes, read in place; throws cereal::Exception if fewer remain.
+    const char* take(std::size_t size) { return ar_.take(size); }
 
   private:
     checked_input_archive ar_;

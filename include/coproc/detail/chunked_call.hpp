@@ -22,10 +22,6 @@
 
 namespace coproc::detail {
 
-/// A number type other than bool: its binary form (cereal's) is its own bytes.
-template <class T>
-inline constexpr bool is_number = std::is_arithmetic_v<T> && !std::is_same_v<T, bool>;
-
 /// Reads `out.size()` numbers from `in`, which holds exactly their binary form, in one copy;
 /// throws coproc::error if its size is not that.
 template <class T> void read_numbers(std::span<const char> in, std::span<T> out) {
@@ -123,11 +119,8 @@ template <class Fp, bool Star, class View> class chunk_encoder {
 
   private:
     // The parameter of a map's one-parameter function (void for starmap and other arities).
-    template <class Args> struct sole_param { using type = void; };
-    template <class A> struct sole_param<std::tuple<A>> {
-        using type = std::conditional_t<Star, void, A>;
-    };
-    using number = typename sole_param<typename fn_traits<Fp>::args>::type;
+    using number =
+        std::conditional_t<Star, void, typename sole_param<typename fn_traits<Fp>::args>::type>;
     /// A map over a random-access range of numbers into a numeric parameter: each item's bytes
     /// are the number's own (cereal's binary form), written in one pass over the chunk.
     static constexpr bool raw_items =

@@ -15,12 +15,15 @@
 
 #include <coproc/serialize.hpp>
 
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <utility>
 #include <variant>
+#include <vector>
 
 namespace coproc::detail {
 
@@ -120,10 +123,47 @@ decltype(auto) call_with(Fp fn, typename fn_traits<Fp>::args& a, std::index_sequ
     return fn(pass_arg<std::tuple_element_t<I, params>>(std::get<I>(a))...);
 }
 
+/// A number type other than bool: its binary form (cereal's) is its own bytes.
+template <class T>
+inline constexpr bool is_number = std::is_arithmetic_v<T> && !std::is_same_v<T, bool>;
+
+/// The one parameter of a function of arguments `Args` (void for other arities).
+template <class Args> struct sole_param { using type = void; };
+template <class A> struct sole_param<std::tuple<A>> { using type = A; };
+
+/// Whether `Fp` takes one number and returns one.
+template <class Fp>
+inline constexpr bool numbers_to_numbers =
+    is_number<typename sole_param<typename fn_traits<Fp>::args>::type>&&
+        is_number<typename fn_traits<Fp>::result>;
+
+/// invoke_task() for a function of one number returning one: the arguments are read in place
+/// and the results written in one pass, the same bytes as item by item.
+template <class Fp>
+void invoke_on_numbers(Fp fn, reader& in, writer& out, std::uint64_t count, std::uint64_t& done) {
+    using A = std::tuple_element_t<0, typename fn_traits<Fp>::args>;
+    using P = std::tuple_element_t<0, typename fn_traits<Fp>::params>;
+    using R = typename fn_traits<Fp>::result;
+    if (count > in.remaining() / sizeof(A))
+        throw_malformed("task arguments", "fewer bytes than its numbers take");
+    const char* args = in.take(count * sizeof(A));
+    std::vector<char>& results = out.buffer();
+    const std::size_t at = results.size();
+    results.resize(at + count * sizeof(R));
+    for (done = 0; done < count; ++done) {
+        A a;
+        std::memcpy(&a, args + done * sizeof a, sizeof a);
+        const R r = fn(pass_arg<P>(a));
+        std::memcpy(results.data() + at + done * sizeof r, &r, sizeof r);
+    }
+}
+
 template <class Fp>
 void invoke_task(erased_fn raw, reader& in, writer& out, std::uint64_t count, std::uint64_t& done) {
     using traits = fn_traits<Fp>;
     auto fn = reinterpret_cast<Fp>(raw);
+    if constexpr (numbers_to_numbers<Fp>)
+        return invoke_on_numbers(fn, in, out, count, done);
     constexpr auto seq = std::make_index_sequence<traits::arity>{};
     for (done = 0; done < count; ++done) {
         typename traits::args a;
