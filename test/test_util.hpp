@@ -25,8 +25,8 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
 #include <system_error>
 #include <thread>
@@ -214,24 +214,34 @@ inline int own_socket() {
 
 /// The number of open descriptors, not counting pipes without close-on-exec. The sanitizers'
 /// runtime probes memory through such a pipe (pipe2 without flags, then close) on any thread at
-/// any time; every descriptor coproc makes is close-on-exec, its pipes included.
+/// any time; every descriptor coproc makes is close-on-exec, its pipes included. Descriptors
+/// are only looked at through /proc (never fstat or fcntl on them, which ThreadSanitizer counts
+/// as accesses racing with another thread's close).
 inline int fd_count() {
-    int n = 0;
+    std::vector<std::string> names;
     if (DIR* d = opendir("/proc/self/fd")) {
-        const int own = dirfd(d);
-        while (dirent* e = readdir(d)) {
-            if (e->d_name[0] == '.')
-                continue;
-            const int fd = std::atoi(e->d_name);
-            struct stat st {};
-            const int flags = ::fcntl(fd, F_GETFD);
-            if (fd == own || flags < 0 || ::fstat(fd, &st) != 0) // closed since it was listed
-                continue;
-            if (S_ISFIFO(st.st_mode) && !(flags & FD_CLOEXEC))
-                continue;
-            ++n;
-        }
+        const std::string own = std::to_string(dirfd(d));
+        while (dirent* e = readdir(d))
+            if (e->d_name[0] != '.' && e->d_name != own)
+                names.emplace_back(e->d_name);
         closedir(d);
+    }
+    int n = 0;
+    for (const auto& name : names) {
+        char target[64];
+        const ssize_t len = ::readlink(("/proc/self/fd/" + name).c_str(), target, sizeof target);
+        if (len < 0) // closed since it was listed
+            continue;
+        if (std::string_view(target, static_cast<std::size_t>(len)).starts_with("pipe:")) {
+            std::ifstream info("/proc/self/fdinfo/" + name);
+            std::string key;
+            unsigned long flags = 0;
+            while (info >> key && key != "flags:") {
+            }
+            if (!(info >> std::oct >> flags) || !(flags & O_CLOEXEC))
+                continue;
+        }
+        ++n;
     }
     return n;
 }
