@@ -25,7 +25,6 @@
 #include <set>
 #include <sstream>
 #include <string>
-#include <string_view>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <system_error>
@@ -160,20 +159,34 @@ inline bool is_aborted(const std::exception_ptr& e) {
     }
 }
 
-/// Open file descriptors of this process.
+/// The descriptors this process has open, each with what /proc/self/fd links it to (one closed
+/// since the listing is left out). Only /proc is read: fstat or fcntl on another thread's
+/// descriptor is an access ThreadSanitizer reports as racing with that thread's close.
+inline std::map<int, std::string> fd_targets() {
+    std::vector<std::string> names;
+    if (DIR* d = opendir("/proc/self/fd")) {
+        const std::string own = std::to_string(dirfd(d));
+        while (dirent* e = readdir(d))
+            if (e->d_name[0] != '.' && e->d_name != own)
+                names.emplace_back(e->d_name);
+        closedir(d);
+    }
+    std::map<int, std::string> out;
+    for (const auto& name : names) {
+        char target[256];
+        const ssize_t len = ::readlink(("/proc/self/fd/" + name).c_str(), target, sizeof target);
+        if (len >= 0)
+            out.emplace(std::stoi(name), std::string(target, static_cast<std::size_t>(len)));
+    }
+    return out;
+}
+
 /// The sockets this process holds.
 inline std::set<int> socket_fds() {
     std::set<int> out;
-    if (DIR* d = opendir("/proc/self/fd")) {
-        while (dirent* e = readdir(d)) {
-            char link[64] = {};
-            const std::string path = std::string("/proc/self/fd/") + e->d_name;
-            if (e->d_name[0] != '.' && readlink(path.c_str(), link, sizeof link - 1) > 0 &&
-                std::strncmp(link, "socket:", 7) == 0)
-                out.insert(std::atoi(e->d_name));
-        }
-        closedir(d);
-    }
+    for (const auto& [fd, target] : fd_targets())
+        if (target.starts_with("socket:"))
+            out.insert(fd);
     return out;
 }
 
@@ -212,37 +225,24 @@ inline int own_socket() {
     return -1;
 }
 
+/// Whether descriptor `fd` is close-on-exec, as /proc/self/fdinfo says.
+inline bool close_on_exec(int fd) {
+    std::ifstream info("/proc/self/fdinfo/" + std::to_string(fd));
+    std::string key;
+    unsigned long flags = 0;
+    while (info >> key && key != "flags:") {
+    }
+    return (info >> std::oct >> flags) && (flags & O_CLOEXEC);
+}
+
 /// The number of open descriptors, not counting pipes without close-on-exec. The sanitizers'
 /// runtime probes memory through such a pipe (pipe2 without flags, then close) on any thread at
-/// any time; every descriptor coproc makes is close-on-exec, its pipes included. Descriptors
-/// are only looked at through /proc (never fstat or fcntl on them, which ThreadSanitizer counts
-/// as accesses racing with another thread's close).
+/// any time; every descriptor coproc makes is close-on-exec, its pipes included.
 inline int fd_count() {
-    std::vector<std::string> names;
-    if (DIR* d = opendir("/proc/self/fd")) {
-        const std::string own = std::to_string(dirfd(d));
-        while (dirent* e = readdir(d))
-            if (e->d_name[0] != '.' && e->d_name != own)
-                names.emplace_back(e->d_name);
-        closedir(d);
-    }
     int n = 0;
-    for (const auto& name : names) {
-        char target[64];
-        const ssize_t len = ::readlink(("/proc/self/fd/" + name).c_str(), target, sizeof target);
-        if (len < 0) // closed since it was listed
-            continue;
-        if (std::string_view(target, static_cast<std::size_t>(len)).starts_with("pipe:")) {
-            std::ifstream info("/proc/self/fdinfo/" + name);
-            std::string key;
-            unsigned long flags = 0;
-            while (info >> key && key != "flags:") {
-            }
-            if (!(info >> std::oct >> flags) || !(flags & O_CLOEXEC))
-                continue;
-        }
-        ++n;
-    }
+    for (const auto& [fd, target] : fd_targets())
+        if (!target.starts_with("pipe:") || close_on_exec(fd))
+            ++n;
     return n;
 }
 
