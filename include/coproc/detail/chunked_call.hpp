@@ -119,8 +119,7 @@ template <class Fp, bool Star, class View> class chunk_encoder {
 
   private:
     // The parameter of a map's one-parameter function (void for starmap and other arities).
-    using number =
-        std::conditional_t<Star, void, typename sole_param<typename fn_traits<Fp>::args>::type>;
+    using number = std::conditional_t<Star, void, sole_param_t<Fp>>;
     /// A map over a random-access range of numbers into a numeric parameter: each item's bytes
     /// are the number's own (cereal's binary form), written in one pass over the chunk.
     static constexpr bool raw_items =

@@ -130,18 +130,19 @@ inline constexpr bool is_number = std::is_arithmetic_v<T> && !std::is_same_v<T, 
 /// The one parameter of a function of arguments `Args` (void for other arities).
 template <class Args> struct sole_param { using type = void; };
 template <class A> struct sole_param<std::tuple<A>> { using type = A; };
+/// The one parameter (decayed) of task function pointer `Fp`; void if it has not exactly one.
+template <class Fp> using sole_param_t = typename sole_param<typename fn_traits<Fp>::args>::type;
 
 /// Whether `Fp` takes one number and returns one.
 template <class Fp>
-inline constexpr bool numbers_to_numbers =
-    is_number<typename sole_param<typename fn_traits<Fp>::args>::type>&&
-        is_number<typename fn_traits<Fp>::result>;
+inline constexpr bool numbers_to_numbers = is_number<sole_param_t<Fp>> &&
+                                           (is_number<typename fn_traits<Fp>::result>);
 
 /// invoke_task() for a function of one number returning one: the arguments are read in place
 /// and the results written in one pass, the same bytes as item by item.
 template <class Fp>
 void invoke_on_numbers(Fp fn, reader& in, writer& out, std::uint64_t count, std::uint64_t& done) {
-    using A = std::tuple_element_t<0, typename fn_traits<Fp>::args>;
+    using A = sole_param_t<Fp>;
     using P = std::tuple_element_t<0, typename fn_traits<Fp>::params>;
     using R = typename fn_traits<Fp>::result;
     if (count > in.remaining() / sizeof(A))
