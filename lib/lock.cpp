@@ -9,7 +9,15 @@
 // every liveness_period to check the holder: if it has exited (its pidfd is readable, zombies
 // included) or is gone, one waiter replaces the dead pid with its own and reports owner_died.
 // The pid is this_pid(), cached per process (a getpid() syscall per acquire cost ~50x the
-// lock itself); an acquirer that finds the word taken spins spin_limit rounds before it sleeps.
+// lock itself).
+//
+// Waiters sleep on a second word, `park`, that a release moves only when it finds the waiters
+// bit, not on the lock word, which changes at every acquire: a holder that releases and takes
+// the lock again in a loop would otherwise break every sleep at once, and pay a wake-up per
+// release. An acquirer that finds the lock taken does not spin first: against such a holder,
+// spinning catches the lock on most of its releases and moves it, and its cache line, from one
+// CPU to the other on every acquire (two processes on two CPUs then make a third fewer acquires
+// a second than when the waiter sleeps at once).
 // Limitation: if a dead holder's pid is reused by a new process while the lock is held, the lock
 // looks alive (pid_max makes that rare).
 //
@@ -33,7 +41,6 @@ namespace {
 
 constexpr std::uint32_t waiters_bit = 1u << 31;
 constexpr std::uint32_t pid_mask = ~waiters_bit;
-constexpr int spin_limit = 64;
 
 std::uint32_t self_id() noexcept { return this_pid(); }
 
@@ -54,11 +61,21 @@ bool exited(std::uint32_t pid) noexcept {
     return gone;
 }
 
-lock_core::lock_core()
-    : word_(map_shared_object<std::atomic<std::uint32_t>>("mmap of a lock failed", 0u)),
-      waits_(*word_, [this] { return prepare(); }) {}
+/// The lock word, and the word its waiters sleep on: `park` moves only when a release finds
+/// the waiters bit, so a sleeper is not woken by the holder taking and releasing the lock again
+/// (it would be if it slept on `word`, which then changes at every acquire), and each of its
+/// sleeps costs the holder one wake-up, not one per release. On its own cache line, so that
+/// checking it before a sleep does not take `word`'s line from the holder.
+struct lock_core::shared {
+    alignas(64) std::atomic<std::uint32_t> word{0};
+    alignas(64) std::atomic<std::uint32_t> park{0};
+};
 
-lock_core::~lock_core() { ::munmap(word_, sizeof *word_); }
+lock_core::lock_core()
+    : shared_(map_shared_object<shared>("mmap of a lock failed")), word_(&shared_->word),
+      waits_(shared_->park, [this] { return prepare(); }) {}
+
+lock_core::~lock_core() { ::munmap(shared_, sizeof *shared_); }
 
 bool lock_core::try_take(std::uint32_t me) noexcept {
     std::uint32_t free = 0;
@@ -92,12 +109,9 @@ bool lock_core::acquire_until(std::optional<clock::time_point> deadline) {
     const std::uint32_t me = self_id();
     if (try_take(me))
         return true;
-    for (int i = 0; i < spin_limit; ++i) {
-        cpu_relax();
-        if (word_->load(std::memory_order_relaxed) == 0 && try_take(me))
-            return true;
-    }
     for (;;) {
+        // `park` first: a release that clears the bit seen below moves it after this read.
+        const std::uint32_t parked = shared_->park.load(std::memory_order_acquire);
         std::uint32_t v = word_->load(std::memory_order_relaxed);
         if (v == 0) {
             // We may have been woken while others still sleep: keep the bit so release wakes
@@ -110,14 +124,13 @@ bool lock_core::acquire_until(std::optional<clock::time_point> deadline) {
         if (!(v & waiters_bit) &&
             !word_->compare_exchange_weak(v, v | waiters_bit, std::memory_order_relaxed))
             continue;
-        v |= waiters_bit;
         auto until = clock::now() + liveness_period;
         if (deadline && *deadline < until)
             until = *deadline;
-        if (futex_wait(*word_, v, until))
+        if (futex_wait(shared_->park, parked, until))
             continue;
-        if (word_->load(std::memory_order_relaxed) == v)
-            take_over_if_dead(v, me);
+        if (const std::uint32_t held = word_->load(std::memory_order_relaxed); held != 0)
+            take_over_if_dead(held, me);
         if (deadline && clock::now() >= *deadline) {
             std::uint32_t free = 0;
             return word_->compare_exchange_strong(free, me | waiters_bit,
@@ -129,8 +142,10 @@ bool lock_core::acquire_until(std::optional<clock::time_point> deadline) {
 void lock_core::release() {
     if (word_->load(std::memory_order_relaxed) == 0)
         throw coproc::error("lock: release() of a lock that is not held");
-    if (word_->exchange(0, std::memory_order_release) & waiters_bit)
-        futex_wake(*word_, 1);
+    if (word_->exchange(0, std::memory_order_release) & waiters_bit) {
+        shared_->park.fetch_add(1, std::memory_order_release);
+        futex_wake(shared_->park, 1);
+    }
 }
 
 bool lock_core::locked() const noexcept { return word_->load(std::memory_order_relaxed) != 0; }
@@ -139,13 +154,15 @@ bool lock_core::held_here() const noexcept {
     return (word_->load(std::memory_order_relaxed) & pid_mask) == self_id();
 }
 
-// Before the helper sleeps: the bit that makes release() wake it.
+// Before the helper sleeps: the bit that makes release() wake it, and the `park` value to sleep
+// on (one it does not hold if the lock is free, so the helper attempts again at once).
 std::uint32_t lock_core::prepare() noexcept {
+    const std::uint32_t parked = shared_->park.load(std::memory_order_acquire);
     std::uint32_t v = word_->load(std::memory_order_relaxed);
-    if (v != 0 && !(v & waiters_bit) &&
-        !word_->compare_exchange_strong(v, v | waiters_bit, std::memory_order_relaxed))
-        return v; // changed meanwhile: the wait returns at once and the helper tries again
-    return v == 0 ? 0 : v | waiters_bit;
+    while (v != 0 && !(v & waiters_bit) &&
+           !word_->compare_exchange_weak(v, v | waiters_bit, std::memory_order_relaxed)) {
+    }
+    return v == 0 ? parked - 1 : parked;
 }
 
 bool lock_core::attempt(bool timed_out, bool first) {

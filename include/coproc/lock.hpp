@@ -63,7 +63,9 @@ class lock_core final : public registered {
     std::uint32_t prepare() noexcept;
     bool try_take(std::uint32_t me) noexcept;
     void take_over_if_dead(std::uint32_t seen, std::uint32_t me);
-    std::atomic<std::uint32_t>* word_;
+    struct shared;
+    shared* shared_;
+    std::atomic<std::uint32_t>* word_; // in *shared_
     sync_waits waits_;
 };
 
