@@ -4,20 +4,21 @@
 // stays in blocking mode, see io.hpp), so a send is one syscall; asynchronous operations pass
 // MSG_DONTWAIT and wait, cancellably, on their handler's executor (async_op.hpp).
 //
-// Receive: exactly one frame, never more: one recv for the header, one for the
-// body. Reading ahead (a buffer-full per recv, frames handed out from it) would halve the
-// receiver's syscalls, but frames read ahead by one process are invisible to another process
-// blocked in recv on the same end, which then sleeps for ever; programs do that (several
-// children waiting on one end for a start message, which Python's exact reads let work in
-// practice), and a read-ahead buffer shared between the processes breaks it worse. So the
-// receiver saves elsewhere: before it sleeps on an empty socket it watches, for up to
-// spin_budget, a byte counter the sender bumps in shared memory, so a steady stream or a quick
-// reply is received without a sleep and a cross-CPU wake-up, the dominant cost on a VM.
-// The frame being received is kept in the connection (an abandoned async_recv leaves it for the
-// next receive in this process). A body too big for its 64 KiB buffer is received straight into
-// a buffer kept for the next big frame (no allocation, zeroing or page faults per message), and
-// the typed recv() decodes from where the bytes are, without copying them first. That buffer
-// grows as the body arrives (from 1 MiB, doubling), never to the size a header claims up front.
+// Receive: one recv takes as much as the 64 KiB receive buffer holds, so a stream of small
+// messages costs the receiver one syscall for many of them. The buffer is in memory shared by
+// the processes that hold the end, so messages received from the socket by one process and not
+// yet handed out are there for the next process that receives on the end (one that was forked
+// before, too): an end can change hands at any point. (Two processes receiving on one end at the
+// same time may split a message between them, with or without this buffer, as in Python.)
+// Before the receiver sleeps on an empty socket it watches, for up to spin_budget, a byte
+// counter the sender bumps in shared memory, so a steady stream or a quick reply is received
+// without a sleep and a cross-CPU wake-up, the dominant cost on a VM.
+// A frame cut short (an abandoned async_recv) stays for the next receive. A body too big for the
+// receive buffer is received straight into this process's buffer kept for the next big frame
+// (no allocation, zeroing or page faults per message; part of such a body stays for the next
+// receive in this process only), and the typed recv() decodes from where the bytes are, without
+// copying them first. That buffer grows as the body arrives (from 1 MiB, doubling), never to
+// the size a header claims up front.
 #include <coproc/pipe.hpp>
 #include "io.hpp"
 
@@ -53,11 +54,15 @@ using header = std::uint64_t;
 
 /// What a receiving end keeps in memory shared by the processes that hold the pipe: two byte
 /// counters that let a receiver see, without a syscall, whether the socket is empty and whether
-/// a send has just completed (hints only: it always ends with a real recv).
+/// a send has just completed (hints only: it always ends with a real recv); and the bytes
+/// received from the socket and not yet handed out, [begin, end) of `data`, where whichever
+/// process receives next on this end finds them.
 struct conn_rx {
     alignas(64) std::atomic<std::uint64_t> sent{0}; // by the peer, after each sendmsg
     std::atomic<std::uint32_t> sending{0}; // big sends under way (their bytes flow before `sent`)
     alignas(64) std::atomic<std::uint64_t> received{0};
+    std::uint32_t begin = 0, end = 0;
+    alignas(64) char data[rx_capacity];
 };
 
 namespace {
@@ -155,9 +160,7 @@ int conn_core::fd_for(bool write) const {
 // on a socket someone made non-blocking returns nullopt too (the caller polls).
 std::optional<std::span<const char>> conn_core::recv_step(int fd, int flags) {
     conn_rx& rx = *rx_;
-    if (!data_)
-        data_.reset(new char[rx_capacity]);
-    char* const data = data_.get();
+    char* const data = rx.data;
     if (!big_pending_ && big_capacity_ > big_keep_limit) {
         big_.reset();
         big_capacity_ = 0;
@@ -191,7 +194,7 @@ std::optional<std::span<const char>> conn_core::recv_step(int fd, int flags) {
             big_pending_ = false;
             return std::span<const char>(big_.get(), big_size_);
         }
-        const std::uint32_t b = begin_, e = end_;
+        const std::uint32_t b = rx.begin, e = rx.end;
         if (b > e || e > rx_capacity)
             throw coproc::error("connection: receive state corrupt (two threads receiving on one "
                                 "end at once?)");
@@ -205,9 +208,9 @@ std::optional<std::span<const char>> conn_core::recv_step(int fd, int flags) {
             if (avail - sizeof len >= len) {
                 const auto next = static_cast<std::uint32_t>(b + sizeof len + len);
                 if (next == e)
-                    begin_ = end_ = 0; // the next recv fills from the start
+                    rx.begin = rx.end = 0; // the next recv fills from the start
                 else
-                    begin_ = next;
+                    rx.begin = next;
                 return std::span<const char>(data + b + sizeof len, len);
             }
             if (sizeof len + len > rx_capacity) {
@@ -223,20 +226,19 @@ std::optional<std::span<const char>> conn_core::recv_step(int fd, int flags) {
                 big_size_ = len;
                 big_got_ = have;
                 big_pending_ = true;
-                begin_ = end_ = 0;
+                rx.begin = rx.end = 0;
                 continue;
             }
         }
-        // An incomplete frame: receive the rest of its header, or of its body, and nothing
-        // more. Bytes of the next frame stay in the socket, where any receiver of this end (a
-        // process blocked in recv on it meanwhile) gets them.
+        // An incomplete frame (it fits in `data`, see above): receive the rest of it and
+        // whatever follows, as far as `data` goes.
         std::uint32_t at = e;
         if (b > 0) {
             std::memmove(data, data + b, avail);
-            begin_ = 0;
-            end_ = at = static_cast<std::uint32_t>(avail);
+            rx.begin = 0;
+            rx.end = at = static_cast<std::uint32_t>(avail);
         }
-        const std::size_t want = avail < sizeof len ? sizeof len - avail : sizeof len + len - avail;
+        const std::size_t want = rx_capacity - at;
         if (flags == 0 && avail == 0) {
             // About to sleep if the socket is empty: first watch for a send for a moment.
             const std::uint64_t got = rx.received.load(std::memory_order_relaxed);
@@ -249,7 +251,7 @@ std::optional<std::span<const char>> conn_core::recv_step(int fd, int flags) {
         }
         const ssize_t r = ::recv(fd, data + at, want, flags);
         if (r > 0) {
-            end_ = at + static_cast<std::uint32_t>(r);
+            rx.end = at + static_cast<std::uint32_t>(r);
             rx.received.fetch_add(static_cast<std::uint64_t>(r), std::memory_order_relaxed);
             continue;
         }
@@ -281,7 +283,17 @@ std::span<const char> conn_core::recv() {
 }
 
 bool conn_core::poll(clock::time_point deadline) {
-    return wait_fd(fd_for(false), POLLIN, deadline);
+    const int fd = fd_for(false);
+    // A whole frame already received from the socket (part of one waits for the rest).
+    const conn_rx& rx = *rx_;
+    header len = 0;
+    const std::size_t avail = rx.end > rx.begin ? rx.end - rx.begin : 0;
+    if (avail >= sizeof len) {
+        std::memcpy(&len, rx.data + rx.begin, sizeof len);
+        if (avail - sizeof len >= len)
+            return true;
+    }
+    return wait_fd(fd, POLLIN, deadline);
 }
 
 /// A frame being sent by async_send, with its payload and its connection.

@@ -80,6 +80,14 @@ void send_sizes(coproc::connection<std::string> conn) {
 // Receives the next message on an end the parent used before; exits 0 if it is 2.
 void expect_two(coproc::connection<int> conn) { _exit(conn.recv() == 2 ? 0 : 1); }
 
+// Once a message comes on `go`, receives the next two on `conn`; exits 0 if they are 2 and 3.
+void expect_two_three(coproc::connection<int> conn, coproc::connection<int> go) {
+    (void)go.recv();
+    const int first = conn.recv();
+    const int second = conn.recv();
+    _exit(first == 2 && second == 3 ? 0 : 1);
+}
+
 void send_later(coproc::connection<int> conn, int v) {
     std::this_thread::sleep_for(50ms);
     conn.send(v);
@@ -295,6 +303,25 @@ TEST_CASE("an end changes hands: a child receives what the parent left in it") {
     CHECK(p.exitcode() == 0);
     b.send(3);
     CHECK(a.recv() == 3);
+}
+
+TEST_CASE("an end changes hands after its holder received several messages from the socket at "
+          "once: a child started before gets the rest, and poll sees them") {
+    watchdog dog(30s);
+    auto [a, b] = coproc::pipe<int>();
+    auto [go_r, go_w] = coproc::pipe<int>(false);
+    coproc::process p(expect_two_three, a, go_r);
+    p.start();
+    for (const int v : {1, 2, 3})
+        b.send(v);
+    CHECK(a.recv() == 1);
+    CHECK(a.poll(0ms));
+    go_w.send(0);
+    p.join();
+    CHECK(p.exitcode() == 0);
+    CHECK_FALSE(a.poll(0ms));
+    b.send(4);
+    CHECK(a.recv() == 4);
 }
 
 COPROC_TEST_CASE("blocking calls work on an end after an async wait on it") {

@@ -81,10 +81,7 @@ class conn_core final : public registered {
     std::shared_ptr<void> shared_;
     conn_rx* const rx_;
     conn_rx* const peer_rx_;
-    // The frame being received: bytes [begin_, end_) of data_ (64 KiB, made on first use).
-    std::unique_ptr<char[]> data_;
-    std::uint32_t begin_ = 0, end_ = 0;
-    // A message too big for data_ is received here.
+    // A message too big for the receive buffer (in *rx_) is received here.
     std::unique_ptr<char[]> big_;
     std::size_t big_capacity_ = 0, big_size_ = 0, big_got_ = 0;
     bool big_pending_ = false;
