@@ -37,7 +37,7 @@ void dispatcher::note_duration(std::uint64_t ns) noexcept {
 void dispatcher::assign_id(job& j) noexcept {
     j.id = next_id_++;
     std::memcpy(j.frame.data() + offsetof(frame_header, id), &j.id, sizeof j.id);
-    seal_task_frame(j.frame, key_);
+    macs_.seal(j.frame);
 }
 
 void dispatcher::dispatch(std::span<const link_ptr> links) {

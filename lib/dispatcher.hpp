@@ -22,7 +22,7 @@ class dispatcher {
     /// Seals task frames with `key`; with `maxtasks` (0: no limit), a worker retires after
     /// that many jobs.
     dispatcher(const task_key& key, std::size_t maxtasks) noexcept
-        : key_(key), maxtasks_(maxtasks) {}
+        : macs_(key), maxtasks_(maxtasks) {}
 
     void push(job_ptr j) { pending_.push_back(std::move(j)); }
     /// Puts `jobs` back at the front of the queue, in their order (they run first).
@@ -48,7 +48,7 @@ class dispatcher {
   private:
     void assign_id(job& j) noexcept;
 
-    task_key key_;
+    mac_memo macs_;
     std::size_t maxtasks_;
     std::deque<job_ptr> pending_;
     std::uint64_t next_id_ = 1;

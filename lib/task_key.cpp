@@ -90,14 +90,28 @@ std::uint64_t task_mac(const task_key& key, std::int64_t entry, std::int64_t fn,
     return siphash24(key, words, sizeof words);
 }
 
-void seal_task_frame(std::vector<char>& frame, const task_key& key) noexcept {
+std::uint64_t mac_memo::operator()(std::int64_t entry, std::int64_t fn,
+                                   std::uint64_t digest) noexcept {
+    if (!known_ || entry != last_.entry || fn != last_.fn || digest != last_.mac) {
+        last_ = {entry, fn, digest};
+        last_mac_ = task_mac(key_, entry, fn, digest);
+        known_ = true;
+    }
+    return last_mac_;
+}
+
+void mac_memo::seal(std::vector<char>& frame) noexcept {
     task_prefix p;
     if (frame.size() < sizeof(frame_header) + sizeof p)
         return; // not a task frame: the worker refuses it as malformed
     char* at = frame.data() + sizeof(frame_header);
     std::memcpy(&p, at, sizeof p);
-    p.mac = task_mac(key, p.entry, p.fn, p.mac);
+    p.mac = (*this)(p.entry, p.fn, p.mac);
     std::memcpy(at, &p, sizeof p);
+}
+
+void seal_task_frame(std::vector<char>& frame, const task_key& key) noexcept {
+    mac_memo(key).seal(frame);
 }
 
 } // namespace coproc::detail

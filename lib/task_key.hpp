@@ -33,8 +33,24 @@ struct task_prefix {
 std::uint64_t task_mac(const task_key& key, std::int64_t entry, std::int64_t fn,
                        std::uint64_t digest) noexcept;
 
-/// Replaces the entry digest in the prefix of the task frame `frame` (header included) by the
-/// frame's MAC under `key`. Call once per frame, when the pool first hands it to a worker.
+/// task_mac() under one key, computed again only when the prefix differs from the last one's:
+/// the MAC depends on the key and the prefix alone, and a map's frames all carry one prefix.
+class mac_memo {
+  public:
+    explicit mac_memo(const task_key& key) noexcept : key_(key) {}
+    std::uint64_t operator()(std::int64_t entry, std::int64_t fn, std::uint64_t digest) noexcept;
+    /// Replaces the entry digest in the prefix of the task frame `frame` (header included) by
+    /// the frame's MAC. Call once per frame, when the pool first hands it to a worker.
+    void seal(std::vector<char>& frame) noexcept;
+
+  private:
+    task_key key_;
+    task_prefix last_{};
+    std::uint64_t last_mac_ = 0;
+    bool known_ = false;
+};
+
+/// mac_memo(key).seal(frame).
 void seal_task_frame(std::vector<char>& frame, const task_key& key) noexcept;
 
 } // namespace coproc::detail

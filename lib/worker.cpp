@@ -223,7 +223,7 @@ bool inside(const std::vector<segment>& segs, std::uintptr_t p, std::size_t len,
 class worker {
   public:
     worker(int fd, worker_slot* slot, const worker_config& cfg)
-        : fd_(fd), slot_(slot), cfg_(cfg), replies_(fd, slot) {}
+        : fd_(fd), slot_(slot), cfg_(cfg), macs_(cfg.key), replies_(fd, slot) {}
 
     [[noreturn]] void run() {
         frame_decoder dec;
@@ -306,7 +306,7 @@ class worker {
         if (!inside(cfg_.segments, fn, 1, true))
             throw coproc::error("unknown task function: its offset is not in executable code");
         // One 64-bit comparison: it takes the same time whichever bits differ.
-        if (task_mac(cfg_.key, p.entry, p.fn, entry_digest(*entry)) != p.mac)
+        if (macs_(p.entry, p.fn, entry_digest(*entry)) != p.mac)
             throw coproc::error("task frame failed authentication: its MAC does not match "
                                 "(a forged frame, or one made by another pool)");
         return entry;
@@ -380,6 +380,7 @@ class worker {
     int fd_;
     worker_slot* slot_;
     const worker_config& cfg_;
+    mutable mac_memo macs_; // a cache: checking a frame changes nothing else
     reply_writer replies_;
     std::vector<char> out_;
     std::deque<payload_fd> fds_; // descriptors received, not yet taken by their frames

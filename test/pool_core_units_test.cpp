@@ -143,6 +143,23 @@ TEST_CASE("a job gets its id and its sealed frame once, even when queued again")
     CHECK(others[0]->inflight[0]->frame == frame);
 }
 
+TEST_CASE("a MAC memo gives task_mac of each prefix, whichever part of it changes") {
+    mac_memo memo(test_key);
+    const std::int64_t entries[] = {64, 128};
+    const std::int64_t fns[] = {-4096, 8192};
+    const std::uint64_t digests[] = {0x1111, 0x2222};
+    for (int round = 0; round < 2; ++round)
+        for (const auto e : entries)
+            for (const auto f : fns)
+                for (const auto d : digests) {
+                    CHECK(memo(e, f, d) == task_mac(test_key, e, f, d));
+                    CHECK(memo(e, f, d) == task_mac(test_key, e, f, d)); // from the memo
+                }
+    const task_key other{1, 2};
+    CHECK(mac_memo(other)(64, 8192, 0x1111) == task_mac(other, 64, 8192, 0x1111));
+    CHECK(mac_memo(other)(64, 8192, 0x1111) != memo(64, 8192, 0x1111));
+}
+
 TEST_CASE("maxtasksperchild marks a link retiring once it has its last job") {
     auto sink = std::make_shared<null_sink>();
     dispatcher d(test_key, 3);
