@@ -240,13 +240,16 @@ class chunked_call : public task_sink {
     /// Encodes and submits chunks until the window is full or the input ends. While chunks
     /// are in flight it waits until an eighth of the window is free, so that a stream of small
     /// replies is answered by one submission (and one write) per batch, not one per reply.
+    /// `finished`: a job to account for first (finished_locked), under the same lock.
     /// Throws only if the pool refuses the jobs (terminated).
-    void refill() {
+    void refill(const job* finished = nullptr) {
         std::vector<job_ptr> jobs;
         std::exception_ptr input_error;
         bool ended = false;
         {
             std::lock_guard lk(m_);
+            if (finished)
+                finished_locked(*finished);
             const std::size_t busy = in_flight_ + buffered();
             if (in_flight_ != 0 && busy < max_chunks_ && max_chunks_ - busy < (max_chunks_ + 7) / 8)
                 return;

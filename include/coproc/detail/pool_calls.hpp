@@ -94,14 +94,15 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
         } catch (...) {
             return on_error(j, undecodable_result(j));
         }
-        {
-            std::lock_guard lk(m_);
-            finished_locked(j);
-        }
-        if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1)
+        if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            {
+                std::lock_guard lk(m_);
+                finished_locked(j);
+            }
             return c_->set_value(take_results());
+        }
         try {
-            refill();
+            refill(&j);
         } catch (...) {
             fail(std::current_exception());
         }
