@@ -67,6 +67,15 @@ struct conn_rx {
 
 namespace {
 
+/// The length in the header at `bytes`, if they hold a whole header.
+std::optional<header> frame_length(const char* bytes, std::size_t avail) noexcept {
+    header len;
+    if (avail < sizeof len)
+        return std::nullopt;
+    std::memcpy(&len, bytes, sizeof len);
+    return len;
+}
+
 /// A frame being sent.
 class frame_out {
   public:
@@ -199,9 +208,8 @@ std::optional<std::span<const char>> conn_core::recv_step(int fd, int flags) {
             throw coproc::error("connection: receive state corrupt (two threads receiving on one "
                                 "end at once?)");
         const std::size_t avail = e - b;
-        header len = 0;
-        if (avail >= sizeof len) {
-            std::memcpy(&len, data + b, sizeof len);
+        if (const auto length = frame_length(data + b, avail)) {
+            const header len = *length;
             if (len > max_frame)
                 throw coproc::error("connection: corrupt stream (a frame of " +
                                     std::to_string(len) + " bytes)");
@@ -286,13 +294,10 @@ bool conn_core::poll(clock::time_point deadline) {
     const int fd = fd_for(false);
     // A whole frame already received from the socket (part of one waits for the rest).
     const conn_rx& rx = *rx_;
-    header len = 0;
     const std::size_t avail = rx.end > rx.begin ? rx.end - rx.begin : 0;
-    if (avail >= sizeof len) {
-        std::memcpy(&len, rx.data + rx.begin, sizeof len);
-        if (avail - sizeof len >= len)
-            return true;
-    }
+    if (const auto len = frame_length(rx.data + rx.begin, avail);
+        len && avail - sizeof(header) >= *len)
+        return true;
     return wait_fd(fd, POLLIN, deadline);
 }
 
