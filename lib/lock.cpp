@@ -72,15 +72,15 @@ struct lock_core::shared {
 };
 
 lock_core::lock_core()
-    : shared_(map_shared_object<shared>("mmap of a lock failed")), word_(&shared_->word),
+    : shared_(map_shared_object<shared>("mmap of a lock failed")),
       waits_(shared_->park, [this] { return prepare(); }) {}
 
 lock_core::~lock_core() { ::munmap(shared_, sizeof *shared_); }
 
 bool lock_core::try_take(std::uint32_t me) noexcept {
     std::uint32_t free = 0;
-    return word_->compare_exchange_strong(free, me, std::memory_order_acquire,
-                                          std::memory_order_relaxed);
+    return shared_->word.compare_exchange_strong(free, me, std::memory_order_acquire,
+                                                 std::memory_order_relaxed);
 }
 
 // If the holder in `seen` is dead, takes the lock over (keeping the waiters bit) and throws
@@ -89,8 +89,8 @@ void lock_core::take_over_if_dead(std::uint32_t seen, std::uint32_t me) {
     const std::uint32_t holder = seen & pid_mask;
     if (holder == 0 || holder == me || !exited(holder))
         return;
-    if (word_->compare_exchange_strong(seen, me | (seen & waiters_bit), std::memory_order_acquire,
-                                       std::memory_order_relaxed))
+    if (shared_->word.compare_exchange_strong(seen, me | (seen & waiters_bit),
+                                              std::memory_order_acquire, std::memory_order_relaxed))
         throw_owner_died(holder);
 }
 
@@ -98,7 +98,7 @@ bool lock_core::try_acquire() {
     const std::uint32_t me = self_id();
     if (try_take(me))
         return true;
-    const std::uint32_t seen = word_->load(std::memory_order_relaxed);
+    const std::uint32_t seen = shared_->word.load(std::memory_order_relaxed);
     if (seen == 0)
         return try_take(me);
     take_over_if_dead(seen, me);
@@ -112,55 +112,57 @@ bool lock_core::acquire_until(std::optional<clock::time_point> deadline) {
     for (;;) {
         // `park` first: a release that clears the bit seen below moves it after this read.
         const std::uint32_t parked = shared_->park.load(std::memory_order_acquire);
-        std::uint32_t v = word_->load(std::memory_order_relaxed);
+        std::uint32_t v = shared_->word.load(std::memory_order_relaxed);
         if (v == 0) {
             // We may have been woken while others still sleep: keep the bit so release wakes
             // the next one.
-            if (word_->compare_exchange_weak(v, me | waiters_bit, std::memory_order_acquire,
-                                             std::memory_order_relaxed))
+            if (shared_->word.compare_exchange_weak(v, me | waiters_bit, std::memory_order_acquire,
+                                                    std::memory_order_relaxed))
                 return true;
             continue;
         }
         if (!(v & waiters_bit) &&
-            !word_->compare_exchange_weak(v, v | waiters_bit, std::memory_order_relaxed))
+            !shared_->word.compare_exchange_weak(v, v | waiters_bit, std::memory_order_relaxed))
             continue;
         auto until = clock::now() + liveness_period;
         if (deadline && *deadline < until)
             until = *deadline;
         if (futex_wait(shared_->park, parked, until))
             continue;
-        if (const std::uint32_t held = word_->load(std::memory_order_relaxed); held != 0)
+        if (const std::uint32_t held = shared_->word.load(std::memory_order_relaxed); held != 0)
             take_over_if_dead(held, me);
         if (deadline && clock::now() >= *deadline) {
             std::uint32_t free = 0;
-            return word_->compare_exchange_strong(free, me | waiters_bit,
-                                                  std::memory_order_acquire);
+            return shared_->word.compare_exchange_strong(free, me | waiters_bit,
+                                                         std::memory_order_acquire);
         }
     }
 }
 
 void lock_core::release() {
-    if (word_->load(std::memory_order_relaxed) == 0)
+    if (shared_->word.load(std::memory_order_relaxed) == 0)
         throw coproc::error("lock: release() of a lock that is not held");
-    if (word_->exchange(0, std::memory_order_release) & waiters_bit) {
+    if (shared_->word.exchange(0, std::memory_order_release) & waiters_bit) {
         shared_->park.fetch_add(1, std::memory_order_release);
         futex_wake(shared_->park, 1);
     }
 }
 
-bool lock_core::locked() const noexcept { return word_->load(std::memory_order_relaxed) != 0; }
+bool lock_core::locked() const noexcept {
+    return shared_->word.load(std::memory_order_relaxed) != 0;
+}
 
 bool lock_core::held_here() const noexcept {
-    return (word_->load(std::memory_order_relaxed) & pid_mask) == self_id();
+    return (shared_->word.load(std::memory_order_relaxed) & pid_mask) == self_id();
 }
 
 // Before the helper sleeps: the bit that makes release() wake it, and the `park` value to sleep
 // on (one it does not hold if the lock is free, so the helper attempts again at once).
 std::uint32_t lock_core::prepare() noexcept {
     const std::uint32_t parked = shared_->park.load(std::memory_order_acquire);
-    std::uint32_t v = word_->load(std::memory_order_relaxed);
+    std::uint32_t v = shared_->word.load(std::memory_order_relaxed);
     while (v != 0 && !(v & waiters_bit) &&
-           !word_->compare_exchange_weak(v, v | waiters_bit, std::memory_order_relaxed)) {
+           !shared_->word.compare_exchange_weak(v, v | waiters_bit, std::memory_order_relaxed)) {
     }
     return v == 0 ? parked - 1 : parked;
 }
@@ -169,10 +171,10 @@ bool lock_core::attempt(bool timed_out, bool first) {
     const std::uint32_t me = self_id();
     if (first)
         return try_take(me);
-    std::uint32_t v = word_->load(std::memory_order_relaxed);
+    std::uint32_t v = shared_->word.load(std::memory_order_relaxed);
     if (v == 0)
-        return word_->compare_exchange_strong(v, me | waiters_bit, std::memory_order_acquire,
-                                              std::memory_order_relaxed);
+        return shared_->word.compare_exchange_strong(v, me | waiters_bit, std::memory_order_acquire,
+                                                     std::memory_order_relaxed);
     if (timed_out)
         take_over_if_dead(v, me);
     return false;

@@ -65,7 +65,6 @@ class lock_core final : public registered {
     void take_over_if_dead(std::uint32_t seen, std::uint32_t me);
     struct shared;
     shared* shared_;
-    std::atomic<std::uint32_t>* word_; // in *shared_
     sync_waits waits_;
 };
 
