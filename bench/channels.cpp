@@ -23,7 +23,7 @@ constexpr std::size_t KiB64 = 64 * 1024;
 struct start_signal {
     coproc::event started;
     void wait() { started.wait(); }
-    void go(int /*children*/) { started.set(); }
+    void go() { started.set(); }
 };
 
 // ---------------------------------------------------------------- queues
@@ -42,7 +42,7 @@ void queue_small() {
     coproc::process producer(produce_ints, q, s, n);
     producer.start();
     const auto t0 = clock::now();
-    s.go(1);
+    s.go();
     std::int64_t sum = 0, count = 0;
     for (std::int64_t v; (v = q.get()) != -1; ++count)
         sum += v;
@@ -69,7 +69,7 @@ void queue_large() {
     coproc::process producer(produce_blobs, q, s, n);
     producer.start();
     const auto t0 = clock::now();
-    s.go(1);
+    s.go();
     bool ok = true;
     std::int64_t count = 0;
     for (blob v; !(v = q.get()).empty(); ++count)
@@ -109,7 +109,7 @@ void queue_mpmc() {
     for (auto& p : ps)
         p.start();
     const auto t0 = clock::now();
-    s.go(2);
+    s.go();
     const blob a = results.get(), b = results.get();
     const double dt = seconds_since(t0);
     bool ok = a.size() == std::size_t(n) && b.size() == std::size_t(n);
@@ -239,7 +239,7 @@ void lock_contended() {
     for (auto& p : ps)
         p.start();
     const auto t0 = clock::now();
-    s.go(2);
+    s.go();
     bool ok = true;
     for (auto& p : ps) {
         p.join();

@@ -45,7 +45,7 @@ class mac_memo {
 
   private:
     task_key key_;
-    task_prefix last_{};
+    task_prefix last_{}; // the last prefix as unsealed: its `mac` holds the entry digest
     std::uint64_t last_mac_ = 0;
     bool known_ = false;
 };
