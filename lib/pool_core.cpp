@@ -153,17 +153,27 @@ void core_impl::cancel(const std::shared_ptr<task_sink>& sink) noexcept {
     for (const auto& w : links_) {
         if (w->has_exited() || w->reason() != kill_reason::none)
             continue;
+        // The marks first, then task_id (both seq_cst, the worker does the opposite): the
+        // worker skips a marked job, or runs it and is seen running it here. Newest job first:
+        // the worker runs them oldest first, and the one it runs may stop as soon as it sees
+        // its mark, by when the marks of those after it are set.
         worker_slot& s = spawner_.slot(w->slot());
-        for (const auto& j : w->inflight) {
-            if (j->sink != sink)
+        bool marked = false;
+        for (auto it = w->inflight.rbegin(); it != w->inflight.rend(); ++it) {
+            const job& j = **it;
+            if (j.sink != sink)
                 continue;
-            // The mark first, then task_id (both seq_cst, the worker does the opposite): the
-            // worker skips the job, or it is seen running here.
-            s.cancelled[j->seq % worker_slot::cancel_window].store(j->seq,
-                                                                     std::memory_order_seq_cst);
-            if (s.task_id.load(std::memory_order_seq_cst) == j->id)
-                start_cancel_grace(w, j->id, opt_.cancel_grace);
+            s.cancelled[j.seq % worker_slot::cancel_window].store(j.seq, std::memory_order_seq_cst);
+            marked = true;
         }
+        if (!marked)
+            continue;
+        const std::uint64_t running = s.task_id.load(std::memory_order_seq_cst);
+        for (const auto& j : w->inflight)
+            if (j->sink == sink && j->id == running) {
+                start_cancel_grace(w, running, opt_.cancel_grace);
+                break;
+            }
     }
 }
 

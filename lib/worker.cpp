@@ -441,5 +441,6 @@ void worker_main(int fd, worker_slot* slot, const worker_config& cfg) noexcept {
 
 bool coproc::this_task::stop_requested() noexcept {
     const auto* w = detail::stop_word;
-    return w && w->load(std::memory_order_relaxed) == detail::stop_seq;
+    // Acquire: a task that stops on its mark finds the marks set before it (see core_impl::cancel).
+    return w && w->load(std::memory_order_acquire) == detail::stop_seq;
 }
