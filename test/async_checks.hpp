@@ -86,11 +86,13 @@ inline int settled_fd_count(int expected) {
     return n;
 }
 
-/// Runs `io` until `done` or 20 s pass.
+/// Runs `io` until `done` or 20 s pass, then (if done) until it has no work left.
 inline void run_until(asio::io_context& io, const bool& done) {
     const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     while (!done && std::chrono::steady_clock::now() < limit)
         io.run_one_for(std::chrono::milliseconds(10));
+    if (done)
+        settle(io);
 }
 
 /// Completes one operation `start(token)` with each completion token coproc supports. Each

@@ -66,7 +66,7 @@ struct outcome {
     bool aborted() const { return is_aborted(error); }
 };
 
-/// Runs `io` until `o.done` or `limit` passes.
+/// Runs `io` until `o.done` or `limit` passes, then (if done) until it has no work left.
 inline void run_until_done(asio::io_context& io, const outcome& o,
                            std::chrono::milliseconds limit = std::chrono::milliseconds(5000)) {
     const auto end = std::chrono::steady_clock::now() + limit;
@@ -74,6 +74,8 @@ inline void run_until_done(asio::io_context& io, const outcome& o,
         io.restart();
         io.run_for(std::chrono::milliseconds(5));
     }
+    if (o.done)
+        settle(io);
 }
 
 /// A callback token recording into `o`, bound to `sig`'s slot.

@@ -122,6 +122,15 @@ class watchdog {
     std::thread t_;
 };
 
+/// Runs `io` until no work is left on it (5 s at most). A coproc operation completed from
+/// another thread (the pool's loop, a futex helper) keeps work on its handler's executor until
+/// its post there has returned: a context run only until the handler has run must still run out
+/// that work before it is destroyed.
+inline void settle(asio::io_context& io) {
+    io.restart();
+    io.run_for(std::chrono::seconds(5));
+}
+
 /// Runs `body(io)` as a coroutine on a fresh io_context until it finishes; an escaping
 /// exception fails the test.
 template <class Body>
@@ -137,6 +146,7 @@ void run_coroutine(Body body, std::chrono::seconds limit = std::chrono::seconds(
     while (!finished && io.run_one() > 0) {
     }
     REQUIRE_MESSAGE(finished, "the test coroutine never finished");
+    settle(io);
     if (failure) {
         try {
             std::rethrow_exception(failure);

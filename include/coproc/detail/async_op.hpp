@@ -15,6 +15,8 @@
 // completes within its initiating function is still delivered through asio::post.
 #pragma once
 
+#include <coproc/detail/handler_work.hpp>
+
 #include <asio/any_io_executor.hpp>
 #include <asio/associated_cancellation_slot.hpp>
 #include <asio/associated_executor.hpp>
@@ -22,9 +24,6 @@
 #include <asio/cancellation_type.hpp>
 #include <asio/dispatch.hpp>
 #include <asio/error.hpp>
-#include <asio/execution/outstanding_work.hpp>
-#include <asio/post.hpp>
-#include <asio/prefer.hpp>
 #include <asio/system_executor.hpp>
 #include <asio/use_awaitable.hpp>
 
@@ -100,8 +99,7 @@ template <class Handler, class R> class pending_handler {
     using value_type = typename op_traits<R>::value;
 
     explicit pending_handler(Handler h)
-        : handler_(std::move(h)), work_(asio::prefer(asio::get_associated_executor(handler_),
-                                                     asio::execution::outstanding_work.tracked)) {}
+        : handler_(std::move(h)), work_(detail::handler_work(handler_)) {}
 
     auto executor() const { return asio::get_associated_executor(handler_); }
     auto slot() const { return asio::get_associated_cancellation_slot(handler_); }
@@ -120,10 +118,7 @@ template <class Handler, class R> class pending_handler {
 
   private:
     Handler handler_;
-    std::optional<
-        std::decay_t<decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
-                                           asio::execution::outstanding_work.tracked))>>
-        work_;
+    std::optional<handler_work_t<Handler>> work_;
 };
 
 /// What an operation puts in its handler's cancellation slot: any type but `none` calls
@@ -244,7 +239,8 @@ class poll_op final : public std::enable_shared_from_this<poll_op<Handler, R, At
     }
 
     void post_delivery() {
-        asio::post(handler_.executor(), [self = this->shared_from_this()] { self->deliver(); });
+        post_from_any_thread(handler_.executor(),
+                             [self = this->shared_from_this()] { self->deliver(); });
     }
 
     // On the handler's executor, decided.
@@ -321,7 +317,7 @@ class blocking_op final : public std::enable_shared_from_this<blocking_op<Handle
     }
 
     void post_delivery() {
-        asio::post(handler_.executor(), [self = this->shared_from_this()] {
+        post_from_any_thread(handler_.executor(), [self = this->shared_from_this()] {
             std::unique_lock lk(self->m_);
             if (self->slot_used_)
                 self->handler_.slot().clear();

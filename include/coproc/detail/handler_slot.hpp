@@ -5,14 +5,13 @@
 // return while it waits), and completing it posts it to that executor.
 #pragma once
 
+#include <coproc/detail/handler_work.hpp>
+
 #include <asio/associated_cancellation_slot.hpp>
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
 #include <asio/cancellation_type.hpp>
 #include <asio/error.hpp>
-#include <asio/execution/outstanding_work.hpp>
-#include <asio/post.hpp>
-#include <asio/prefer.hpp>
 
 #include <cstdint>
 #include <exception>
@@ -45,17 +44,13 @@ class handler_slot {
         virtual void post() = 0;
     };
     template <class Handler> struct holder final : base {
-        explicit holder(Handler&& h)
-            : handler(std::move(h)),
-              work(asio::prefer(asio::get_associated_executor(handler),
-                                asio::execution::outstanding_work.tracked)) {}
+        explicit holder(Handler&& h) : handler(std::move(h)), work(handler_work(handler)) {}
         void post() override {
-            auto ex = asio::get_associated_executor(handler);
-            asio::post(ex, std::move(handler));
+            const auto ex = asio::get_associated_executor(handler);
+            post_from_any_thread(ex, std::move(handler));
         }
         Handler handler;
-        std::decay_t<decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
-                              asio::execution::outstanding_work.tracked))> work;
+        handler_work_t<Handler> work;
     };
     std::unique_ptr<base> h_;
 };
@@ -144,21 +139,18 @@ class waiter_list {
   private:
     template <class Handler, class Finish> struct holder final : waiter::base {
         holder(Handler&& h, Finish&& f)
-            : handler(std::move(h)), finish(std::move(f)),
-              work(asio::prefer(asio::get_associated_executor(handler),
-                                asio::execution::outstanding_work.tracked)) {}
+            : handler(std::move(h)), finish(std::move(f)), work(handler_work(handler)) {}
         void post(bool aborted) override {
-            auto ex = asio::get_associated_executor(handler);
-            asio::post(ex, [h = std::move(handler), f = std::move(finish), aborted,
-                            w = std::move(work)]() mutable {
-                asio::get_associated_cancellation_slot(h).clear();
-                f(h, aborted);
-            });
+            const auto ex = asio::get_associated_executor(handler);
+            post_from_any_thread(
+                ex, [h = std::move(handler), f = std::move(finish), aborted]() mutable {
+                    asio::get_associated_cancellation_slot(h).clear();
+                    f(h, aborted);
+                });
         }
         Handler handler;
         Finish finish;
-        std::decay_t<decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
-                              asio::execution::outstanding_work.tracked))> work;
+        handler_work_t<Handler> work;
     };
     struct entry {
         id_type id;

@@ -17,14 +17,13 @@
 #pragma once
 
 #include <coproc/detail/handle.hpp>
+#include <coproc/detail/handler_work.hpp>
 
 #include <asio/associated_cancellation_slot.hpp>
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>
 #include <asio/cancellation_type.hpp>
-#include <asio/execution/outstanding_work.hpp>
 #include <asio/post.hpp>
-#include <asio/prefer.hpp>
 
 #include <atomic>
 #include <cstdint>
@@ -123,9 +122,7 @@ class sync_waits {
 template <class Handler, class Attempt, class R> class handler_op final : public sync_op {
   public:
     handler_op(Handler h, Attempt a)
-        : handler_(std::move(h)), attempt_(std::move(a)),
-          work_(asio::prefer(asio::get_associated_executor(handler_),
-                             asio::execution::outstanding_work.tracked)) {}
+        : handler_(std::move(h)), attempt_(std::move(a)), work_(detail::handler_work(handler_)) {}
 
     bool attempt(bool timed_out) override { return attempt_(timed_out); }
     void abandon() noexcept override {
@@ -136,10 +133,9 @@ template <class Handler, class Attempt, class R> class handler_op final : public
 
   private:
     void post_completion(std::shared_ptr<sync_op> self, std::exception_ptr e) noexcept override {
-        auto ex = asio::get_associated_executor(handler_);
-        asio::post(ex, [self = std::static_pointer_cast<handler_op>(std::move(self)), e]() mutable {
-            self->complete(e);
-        });
+        const auto ex = asio::get_associated_executor(handler_);
+        post_from_any_thread(ex, [self = std::static_pointer_cast<handler_op>(std::move(self)),
+                                  e]() mutable { self->complete(e); });
     }
 
     // On the handler's executor. The work is given back here, where its context is alive.
@@ -160,10 +156,7 @@ template <class Handler, class Attempt, class R> class handler_op final : public
 
     Handler handler_;
     Attempt attempt_;
-    std::optional<
-        std::decay_t<decltype(asio::prefer(asio::get_associated_executor(std::declval<Handler&>()),
-                                           asio::execution::outstanding_work.tracked))>>
-        work_;
+    std::optional<handler_work_t<Handler>> work_;
 };
 
 /// Starts a parked operation for `handler` on `waits`, its cancellation slot (if connected)
