@@ -219,7 +219,7 @@ void core_impl::take_frame(const link_ptr& w, const frame& f, effects& fx) {
         if (!w->writing) // answered: its arguments are never sent again
             j->payload.reset();
         if (f.kind == frame_kind::result)
-            dispatcher_.note_duration(f.aux);
+            dispatcher_.note_duration(f.aux, items_of(*j));
         fx.reply(std::move(j), reply, std::move(mapped));
         return;
     }

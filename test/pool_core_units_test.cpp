@@ -1,5 +1,6 @@
 // The pool core's units without forking: dispatch, the at-most-once loss rules, the timeout
 // rule, a worker link's lifecycle.
+#include <coproc/detail/chunked_call.hpp>
 #include <coproc/detail/pool_core.hpp>
 #include "../lib/dispatcher.hpp"
 #include "../lib/loss_rules.hpp"
@@ -11,7 +12,9 @@
 
 #include <csignal>
 #include <cstring>
+#include <list>
 #include <memory>
+#include <ranges>
 #include <vector>
 
 using namespace coproc::detail;
@@ -86,15 +89,69 @@ TEST_CASE("dispatch gives a link at most cap() jobs, the cap following task dura
 
     dispatcher slow(test_key, 0);
     for (int i = 0; i < 50; ++i)
-        slow.note_duration(100'000'000); // 100 ms each
+        slow.note_duration(100'000'000, 1); // 100 ms each
     CHECK(slow.cap() == 2);
     dispatcher fast(test_key, 0);
     for (int i = 0; i < 50; ++i)
-        fast.note_duration(10); // 10 ns each
+        fast.note_duration(10, 1); // 10 ns each
     CHECK(fast.cap() == 1024);
     dispatcher absurd(test_key, 0);
-    absurd.note_duration(~std::uint64_t{0}); // a worker's figure: bounded
+    absurd.note_duration(~std::uint64_t{0}, 1); // a worker's figure: bounded
     CHECK(absurd.cap() == 2);
+}
+
+TEST_CASE("a job carries several chunks only once its items are measured short") {
+    dispatcher d(test_key, 0);
+    CHECK(d.chunks_per_job(1) == 1); // nothing measured yet
+    for (int i = 0; i < 50; ++i)
+        d.note_duration(64 * 100, 64); // jobs of 64 items, 100 ns each
+    CHECK(d.chunks_per_job(1) == dispatcher::max_group);
+    CHECK(d.chunks_per_job(50) == dispatcher::group_ns / 5'000); // chunks of 5 us
+    CHECK(d.chunks_per_job(200) == 1);                           // a chunk is already 20 us
+    CHECK(d.chunks_per_job(~std::size_t{0}) == 1);
+    for (int i = 0; i < 100; ++i)
+        d.note_duration(1'000'000, 1); // the items grew slow: one chunk per job again
+    CHECK(d.chunks_per_job(1) == 1);
+
+    dispatcher retiring(test_key, 5); // maxtasksperchild counts jobs: one chunk each
+    for (int i = 0; i < 50; ++i)
+        retiring.note_duration(100, 1);
+    CHECK(retiring.chunks_per_job(1) == 1);
+    dispatcher absurd(test_key, 0);
+    absurd.note_duration(~std::uint64_t{0}, 0); // a worker's figure: bounded
+    CHECK(absurd.chunks_per_job(1) == 1);
+    dispatcher instant(test_key, 0);
+    instant.note_duration(0, 1'000); // never below 1 ns an item, never more than max_group
+    CHECK(instant.chunks_per_job(1) == dispatcher::max_group);
+}
+
+TEST_CASE("a chunk encoder puts whole chunks in a job and numbers them in input order") {
+    auto sink = std::make_shared<null_sink>();
+    const std::vector<int> numbers = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13};
+    const std::list<int> listed(numbers.begin(), numbers.end()); // item by item
+    auto check = [&](auto& enc) {
+        std::exception_ptr error;
+        job_ptr a = enc.next(sink, error, 3); // chunks 0..2: items 0..8
+        REQUIRE(a);
+        CHECK(a->chunk == 0);
+        CHECK(items_of(*a) == 9);
+        job_ptr b = enc.next(sink, error); // chunk 3: items 9..11
+        REQUIRE(b);
+        CHECK(b->chunk == 3);
+        CHECK(items_of(*b) == 3);
+        job_ptr c = enc.next(sink, error, 5); // chunk 4, short: items 12, 13
+        REQUIRE(c);
+        CHECK(c->chunk == 4);
+        CHECK(items_of(*c) == 2);
+        CHECK(enc.next(sink, error, 5) == nullptr);
+        CHECK(!error);
+    };
+    chunk_encoder<int (*)(int), false, decltype(std::views::all(numbers))> raw(
+        &twice, std::views::all(numbers), 3);
+    check(raw);
+    chunk_encoder<int (*)(int), false, decltype(std::views::all(listed))> item_by_item(
+        &twice, std::views::all(listed), 3);
+    check(item_by_item);
 }
 
 TEST_CASE("dispatch drops the queued jobs of cancelled calls") {

@@ -56,6 +56,12 @@ int fail_every_7th(int x) {
     return x;
 }
 
+int slow_from_1980(int x) {
+    if (x >= 1'980)
+        std::this_thread::sleep_for(60ms);
+    return x;
+}
+
 int abort_at_5(int x) {
     if (x == 5)
         std::abort();
@@ -376,6 +382,18 @@ TEST_CASE("a task exceeding task_timeout fails with timeout_error; the others su
     CHECK(pool.map_async(tasks::square, iota(30)).get() == squares(30));
     CHECK(pool.apply_async(tasks::sleep_ms, {50}).get() == 50); // under the limit: fine
     CHECK(wait_for_full_pool(pool));
+}
+
+// task_timeout bounds a job: with it, a map of items measured as short still sends one chunk
+// per job, so items that each run well within the limit never fail together.
+TEST_CASE("with task_timeout a map of short items whose last ones are slower does not time out") {
+    watchdog dog(30s);
+    coproc::pool pool({.processes = 2, .task_timeout = 1s});
+    CHECK(pool.map_async(tasks::square, iota(2'000), 1).get() == squares(2'000));
+    // Items 1980.. take 60 ms each: one job of 20 of them would take 1.2 s.
+    CHECK(pool.map_async(slow_from_1980, iota(2'000), 1).get() == iota(2'000));
+    pool.close();
+    pool.join();
 }
 
 COPROC_TEST_CASE("task_timeout with an awaited apply") {

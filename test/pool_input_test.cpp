@@ -1,5 +1,5 @@
 // map, starmap and imap over inputs that throw, huge chunksizes, bool results written by
-// several loop threads, and replies with bytes left over.
+// several loop threads, many chunks per job, and replies with bytes left over.
 #include <coproc/pool.hpp>
 #include "tasks.hpp"
 #include "test_util.hpp"
@@ -91,6 +91,11 @@ int identity(int x) { return x; }
 int fail_at_2(int x) {
     if (x == 2)
         throw std::invalid_argument("two");
+    return x;
+}
+int fail_at_15000(int x) {
+    if (x == 15'000)
+        throw std::invalid_argument("15000");
     return x;
 }
 bool is_odd(int x) { return x % 2 != 0; }
@@ -429,6 +434,43 @@ COPROC_TEST_CASE("a map over numbers gives every result, from every kind of rang
                 CHECK_THROWS_AS(co_await pool.map(fail_at_2, ints, chunksize),
                                 std::invalid_argument);
         }
+    }
+    pool.close();
+    co_await pool.async_join();
+}
+
+// Once the pool has measured its items as short, a job of a map carries many chunks
+// (pool_core::chunks_per_job): each job's results must still land at its own items, whatever
+// the path (numbers, strings, starmap's tuples), with a short last chunk and a failing item.
+COPROC_TEST_CASE("a map of short items gives every result in order with many chunks per job") {
+    coproc::pool pool(io.get_executor(), {.processes = 2});
+    CHECK(co_await pool.map(tasks::square, iota(2'000), 1) == squares(2'000)); // measures items
+    const int n = 20'011; // no chunksize divides it
+    const std::vector<int> ints = iota(n);
+    std::vector<std::int64_t> cubes;
+    std::vector<std::string> words, shouted;
+    std::vector<std::tuple<int, int>> pairs;
+    std::vector<int> sums;
+    for (const int x : ints) {
+        cubes.push_back(std::int64_t{x} * x * x);
+        words.push_back("w" + std::to_string(x));
+        shouted.push_back("W" + std::to_string(x) + "!");
+        pairs.emplace_back(x, 1);
+        sums.push_back(x + 1);
+    }
+    const std::list<int> list(ints.begin(), ints.end());
+    for (const std::size_t chunksize : {std::size_t{1}, std::size_t{3}, std::size_t{7}}) {
+        CAPTURE(chunksize);
+        CHECK(co_await pool.map(cube, ints, chunksize) == cubes); // numbers in one pass
+        CHECK(co_await pool.map(cube, list, chunksize) == cubes); // item by item
+        CHECK(co_await pool.map(tasks::shout, words, chunksize) == shouted);
+        CHECK(co_await pool.starmap(tasks::add, pairs, chunksize) == sums);
+        const throwing_input bad_late{n, n - 5};
+        CHECK_THROWS_WITH_AS(co_await pool.map(identity, bad_late, chunksize),
+                             ("cannot read item " + std::to_string(n - 5)).c_str(),
+                             std::out_of_range);
+        CHECK_THROWS_WITH_AS(co_await pool.map(fail_at_15000, ints, chunksize), "15000",
+                             std::invalid_argument);
     }
     pool.close();
     co_await pool.async_join();

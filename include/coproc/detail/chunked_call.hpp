@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <ranges>
@@ -21,6 +22,11 @@
 #include <vector>
 
 namespace coproc::detail {
+
+/// Chunks of `chunksize` items needed for `n` items (chunksize >= 1), without overflow.
+constexpr std::size_t chunk_count(std::size_t n, std::size_t chunksize) noexcept {
+    return n / chunksize + (n % chunksize != 0);
+}
 
 /// Reads `out.size()` numbers from `in`, which holds exactly their binary form, in one copy;
 /// throws coproc::error if its size is not that.
@@ -61,7 +67,8 @@ template <bool Star, class Args, class Item> void write_item(writer& w, const It
     }
 }
 
-/// Encodes the items of a view, `chunksize` items per job. The input ends at the first item
+/// Encodes the items of a view, `chunksize` items per chunk and one or more whole chunks per job,
+/// numbering the chunks from 0. The input ends at the first item
 /// that cannot be read or encoded (its iterator, its conversion to the parameter type or its
 /// save() threw): the items before it in its chunk still make a (shorter) job, returned with
 /// that item's exception, its own type. Python's imap drops that partial chunk
@@ -74,20 +81,23 @@ template <class Fp, bool Star, class View> class chunk_encoder {
           chunksize_(chunksize) {}
     chunk_encoder(const chunk_encoder&) = delete; // it_ points into items_
 
-    /// The job for the next chunk (nullptr if it would be empty), and in `error` what the
-    /// input threw, if it did: the input ends there and the encoder is not used again.
-    job_ptr next(std::shared_ptr<task_sink> sink, std::size_t chunk, std::exception_ptr& error) {
+    /// The job for the next `chunks` chunks (nullptr if it would be empty; its `chunk` is the
+    /// first one's number), and in `error` what the input threw, if it did: the input ends
+    /// there and the encoder is not used again.
+    job_ptr next(std::shared_ptr<task_sink> sink, std::exception_ptr& error,
+                 std::size_t chunks = 1) {
         try {
             if (it_ == std::ranges::end(items_))
                 return nullptr;
+            const std::size_t limit = chunksize_ * std::min(chunks, max_items / chunksize_);
             std::size_t n = 0;
             job_ptr j = make_job(
                 fn_,
                 [&](writer& w) {
                     std::vector<char>& frame = w.buffer();
                     if constexpr (raw_items)
-                        return write_raw(frame, n, error);
-                    for (; n < chunksize_; ++n) {
+                        return write_raw(frame, limit, n, error);
+                    for (; n < limit; ++n) {
                         const std::size_t before = frame.size();
                         bool written = false;
                         try {
@@ -97,7 +107,7 @@ template <class Fp, bool Star, class View> class chunk_encoder {
                             written = true;
                             ++it_;
                             if (n == 0)
-                                reserve_like_first(frame, frame.size() - before);
+                                reserve_like_first(frame, limit, frame.size() - before);
                         } catch (...) {
                             if (written)
                                 ++n; // the iterator failed after this item: keep it
@@ -109,7 +119,8 @@ template <class Fp, bool Star, class View> class chunk_encoder {
                     }
                     return n;
                 },
-                std::move(sink), chunk);
+                std::move(sink), next_chunk_);
+            next_chunk_ += chunk_count(n, chunksize_);
             return n > 0 ? std::move(j) : nullptr; // n == 0: the first item was bad
         } catch (...) {
             error = std::current_exception();
@@ -127,12 +138,13 @@ template <class Fp, bool Star, class View> class chunk_encoder {
         std::sized_sentinel_for<std::ranges::sentinel_t<View>, std::ranges::iterator_t<View>> &&
         std::is_arithmetic_v<std::remove_cvref_t<std::ranges::range_reference_t<View>>>;
 
-    /// The chunk's items as write_item() would write them, one after the other, counting them
-    /// in `n`; an item that cannot be read ends the input there, as in next().
-    std::size_t write_raw(std::vector<char>& frame, std::size_t& n, std::exception_ptr& error) {
+    /// The job's (at most `limit`) items as write_item() would write them, one after the other,
+    /// counting them in `n`; an item that cannot be read ends the input there, as in next().
+    std::size_t write_raw(std::vector<char>& frame, std::size_t limit, std::size_t& n,
+                          std::exception_ptr& error) {
         using T = std::remove_cv_t<number>;
         const auto left = static_cast<std::size_t>(std::ranges::end(items_) - it_);
-        const std::size_t count = std::min(chunksize_, left);
+        const std::size_t count = std::min(limit, left);
         const std::size_t at = frame.size();
         frame.resize(at + count * sizeof(T));
         char* out = frame.data() + at;
@@ -150,11 +162,12 @@ template <class Fp, bool Star, class View> class chunk_encoder {
         return n;
     }
 
-    /// Room for the rest of the chunk, if its items take as many bytes as the first (for at most
-    /// max_reserved_frame more bytes): the frame then grows without copying itself over and over.
-    void reserve_like_first(std::vector<char>& frame, std::size_t item_bytes) {
+    /// Room for the rest of the job's `limit` items, if they take as many bytes as the first (for
+    /// at most max_reserved_frame more bytes): the frame then grows without copying itself over
+    /// and over.
+    void reserve_like_first(std::vector<char>& frame, std::size_t limit, std::size_t item_bytes) {
         using iter = std::ranges::iterator_t<View>;
-        std::size_t rest = chunksize_ - 1;
+        std::size_t rest = limit - 1;
         if constexpr (std::sized_sentinel_for<std::ranges::sentinel_t<View>, iter>)
             rest = std::min(rest, static_cast<std::size_t>(std::ranges::end(items_) - it_));
         if (rest == 0)
@@ -165,11 +178,13 @@ template <class Fp, bool Star, class View> class chunk_encoder {
     }
 
     static constexpr std::size_t max_reserved_frame = std::size_t{8} << 20;
+    static constexpr std::size_t max_items = std::numeric_limits<std::size_t>::max();
 
     Fp fn_;
     View items_;
     std::ranges::iterator_t<View> it_;
     const std::size_t chunksize_;
+    std::size_t next_chunk_ = 0;
 };
 
 /// The submitting half of a chunked call: keeps at most `max_chunks` chunks (and about
@@ -221,9 +236,10 @@ class chunked_call : public task_sink {
     chunked_call(std::shared_ptr<pool_core> core, std::size_t max_chunks)
         : core_(std::move(core)), max_chunks_(max_chunks) {}
 
-    /// The next chunk's job, or nullptr when the input is exhausted (called under m_); sets
-    /// `error` to what reading or encoding the input threw (the job holds the items before).
-    virtual job_ptr encode_next(std::size_t chunk, std::exception_ptr& error) = 0;
+    /// The next job (one or more chunks, numbered from 0 in input order), or nullptr when the
+    /// input is exhausted (called under m_); sets `error` to what reading or encoding the input
+    /// threw (the job holds the items before).
+    virtual job_ptr encode_next(std::exception_ptr& error) = 0;
     /// Completed chunks not yet consumed (under m_).
     virtual std::size_t buffered() const { return 0; }
     /// The input threw `e` after the chunks submitted so far (not under m_, before those of
@@ -256,12 +272,11 @@ class chunked_call : public task_sink {
             try {
                 while (!input_done_ && in_flight_ + buffered() < max_chunks_ &&
                        (in_flight_bytes_ < max_bytes || in_flight_ == 0)) {
-                    job_ptr j = encode_next(submitted_, input_error);
+                    job_ptr j = encode_next(input_error);
                     const bool more = j && !input_error;
                     if (j) {
                         const std::size_t bytes = j->frame.size();
                         jobs.push_back(std::move(j));
-                        ++submitted_;
                         ++in_flight_;
                         in_flight_bytes_ += bytes;
                     }
@@ -314,14 +329,8 @@ class chunked_call : public task_sink {
   private:
     const std::size_t max_chunks_;
     std::size_t in_flight_bytes_ = 0;
-    std::size_t submitted_ = 0;
     bool holding_ = false;
 };
-
-/// Chunks of `chunksize` items needed for `n` items (chunksize >= 1), without overflow.
-constexpr std::size_t chunk_count(std::size_t n, std::size_t chunksize) noexcept {
-    return n / chunksize + (n % chunksize != 0);
-}
 
 /// How many chunks a call keeps in flight: enough to batch small items, few large chunks.
 inline std::size_t window_chunks(std::size_t workers, std::size_t chunksize) noexcept {

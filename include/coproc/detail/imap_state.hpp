@@ -183,8 +183,8 @@ template <class R, class Fp, bool Star, class View> class imap_source final : pu
           encoder_(fn, std::move(items), chunksize) {}
 
   protected:
-    job_ptr encode_next(std::size_t chunk, std::exception_ptr& error) override {
-        return encoder_.next(this->shared_from_this(), chunk, error);
+    job_ptr encode_next(std::exception_ptr& error) override {
+        return encoder_.next(this->shared_from_this(), error);
     }
 
   private:

@@ -66,19 +66,21 @@ template <class T> class value_call final : public completion<T>, public task_si
     void on_error(const job&, std::exception_ptr e) override { this->set_error(std::move(e)); }
 };
 
-/// map/starmap: chunk k holds items [k * chunksize, ...); the results fill one vector.
+/// map/starmap: chunk k holds items [k * chunksize, ...), a job one or more chunks (as many as
+/// pool_core::chunks_per_job() says); the results fill one vector.
 template <class T, class Fp, bool Star, class View> class map_call final : public chunked_call {
   public:
     map_call(std::shared_ptr<pool_core> core, std::shared_ptr<completion<std::vector<T>>> c, Fp fn,
              View items, std::size_t n, std::size_t chunksize, std::size_t workers)
         : chunked_call(std::move(core), window_chunks(workers, chunksize)), c_(std::move(c)),
-          results_(n), chunksize_(chunksize), remaining_(chunk_count(n, chunksize)),
+          results_(n), chunksize_(chunksize), remaining_(n),
           encoder_(fn, std::move(items), chunksize) {}
 
     void on_result(const job& j, std::span<const char> payload) override {
+        const std::size_t first = j.chunk * chunksize_;
+        const std::size_t count = items_of(j);
         try {
-            const std::size_t first = j.chunk * chunksize_;
-            const std::size_t last = first + std::min(chunksize_, results_.size() - first);
+            const std::size_t last = first + count;
             if constexpr (is_number<T>) {
                 read_numbers(payload, std::span(results_).subspan(first, last - first));
             } else {
@@ -94,7 +96,7 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
         } catch (...) {
             return on_error(j, undecodable_result(j));
         }
-        if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        if (remaining_.fetch_sub(count, std::memory_order_acq_rel) == count) {
             {
                 std::lock_guard lk(m_);
                 finished_locked(j);
@@ -120,8 +122,8 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
     void attach() { c_->attach(weak_from_this()); }
 
   protected:
-    job_ptr encode_next(std::size_t chunk, std::exception_ptr& error) override {
-        return encoder_.next(shared_from_this(), chunk, error);
+    job_ptr encode_next(std::exception_ptr& error) override {
+        return encoder_.next(shared_from_this(), error, core_->chunks_per_job(chunksize_));
     }
 
     // The whole call fails with the input's exception. Found by start() on the caller's
@@ -162,7 +164,7 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
     std::shared_ptr<completion<std::vector<T>>> c_;
     std::vector<slot> results_;
     const std::size_t chunksize_;
-    std::atomic<std::size_t> remaining_;
+    std::atomic<std::size_t> remaining_; // items
     std::atomic<bool> failed_{false};
     chunk_encoder<Fp, Star, View> encoder_;
 };

@@ -84,6 +84,11 @@ inline constexpr std::size_t small_frame_bytes = 256;
 
 void append_task_prefix(std::vector<char>& out, const task_entry* entry, erased_fn fn);
 
+/// The number of items (argument tuples) job `j` carries.
+inline std::size_t items_of(const job& j) noexcept {
+    return static_cast<std::size_t>(read_header(j.frame.data()).aux);
+}
+
 /// "task 7 (int (*)(int))": a job as error messages name it.
 std::string describe(const job& j);
 
@@ -137,6 +142,13 @@ class pool_core {
     /// While held, close() keeps the workers for a call that has more jobs to submit.
     virtual void hold() noexcept = 0;
     virtual void release() noexcept = 0;
+    /// How many chunks of `chunksize` items one job of a map may carry: 1, or more when the
+    /// items measured so far are so short that a job of one chunk would cost more to send and
+    /// answer than to run. Thread-safe.
+    virtual std::size_t chunks_per_job(std::size_t chunksize) const noexcept {
+        (void)chunksize;
+        return 1;
+    }
     /// Runs `fn` on the pool's event loop (the callbacks of a call that needs no worker).
     virtual void post(std::function<void()> fn) = 0;
     /// Throws pool_closed (or the initializer's failure) if no new task would be accepted.
