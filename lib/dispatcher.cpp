@@ -30,24 +30,8 @@ std::size_t dispatcher::cap() const noexcept {
     return std::clamp<std::size_t>(static_cast<std::size_t>(2'000'000 / avg_ns_), 2, 1024);
 }
 
-void dispatcher::note_duration(std::uint64_t ns, std::size_t items) noexcept {
-    const auto job_ns = static_cast<std::int64_t>(std::min(ns, max_task_ns));
-    avg_ns_ += (job_ns - avg_ns_) / 8;
-    const std::int64_t per_item = std::max<std::int64_t>(
-        1, job_ns / static_cast<std::int64_t>(std::max<std::size_t>(items, 1)));
-    const std::int64_t avg = item_ns_.load(std::memory_order_relaxed);
-    item_ns_.store(avg == 0 ? per_item : std::max<std::int64_t>(1, avg + (per_item - avg) / 8),
-                   std::memory_order_relaxed);
-}
-
-std::size_t dispatcher::chunks_per_job(std::size_t chunksize) const noexcept {
-    const std::int64_t item = item_ns_.load(std::memory_order_relaxed);
-    if (maxtasks_ || item == 0)
-        return 1;
-    const auto per_chunk = static_cast<std::uint64_t>(item) * std::max<std::size_t>(chunksize, 1);
-    if (chunksize >= group_ns || per_chunk >= group_ns)
-        return 1;
-    return std::min<std::size_t>(group_ns / per_chunk, max_group);
+void dispatcher::note_duration(std::uint64_t ns) noexcept {
+    avg_ns_ += (static_cast<std::int64_t>(std::min(ns, max_task_ns)) - avg_ns_) / 8;
 }
 
 void dispatcher::assign_id(job& j) noexcept {

@@ -8,7 +8,6 @@
 #include "task_key.hpp"
 #include "worker_link.hpp"
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -43,15 +42,8 @@ class dispatcher {
     /// How many jobs a worker may hold: enough to cover ~2 ms of work so it never idles
     /// between batches, few while job durations are unknown so slow jobs spread evenly.
     std::size_t cap() const noexcept;
-    /// A job of `items` items ran for `ns` nanoseconds (a worker's figure: bounded here).
-    void note_duration(std::uint64_t ns, std::size_t items) noexcept;
-    /// How many chunks of `chunksize` items one job may carry (see pool_core::chunks_per_job):
-    /// as many as the items measured so far run in group_ns, at most max_group; 1 while no
-    /// item is measured, and with maxtasksperchild (which counts jobs). Thread-safe.
-    std::size_t chunks_per_job(std::size_t chunksize) const noexcept;
-
-    static constexpr std::uint64_t group_ns = 20'000;
-    static constexpr std::size_t max_group = 64;
+    /// A job ran for `ns` nanoseconds (a worker's figure: bounded here).
+    void note_duration(std::uint64_t ns) noexcept;
 
   private:
     void assign_id(job& j) noexcept;
@@ -61,8 +53,6 @@ class dispatcher {
     std::deque<job_ptr> pending_;
     std::uint64_t next_id_ = 1;
     std::int64_t avg_ns_ = 0; // running average of job durations
-    // Running average of item durations (at least 1; 0: none measured), read by any thread.
-    std::atomic<std::int64_t> item_ns_{0};
 };
 
 } // namespace coproc::detail

@@ -98,6 +98,7 @@ void job_recycler::operator()(job* j) const noexcept {
     j->chunk = 0;
     j->id = 0;
     j->seq = 0;
+    j->ran_ns = 0;
     j->name = {};
     try {
         cache& c = cache::of_thread();

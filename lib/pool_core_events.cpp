@@ -218,8 +218,10 @@ void core_impl::take_frame(const link_ptr& w, const frame& f, effects& fx) {
         w->answered = true;
         if (!w->writing) // answered: its arguments are never sent again
             j->payload.reset();
-        if (f.kind == frame_kind::result)
-            dispatcher_.note_duration(f.aux, items_of(*j));
+        if (f.kind == frame_kind::result) {
+            dispatcher_.note_duration(f.aux);
+            j->ran_ns = f.aux;
+        }
         fx.reply(std::move(j), reply, std::move(mapped));
         return;
     }

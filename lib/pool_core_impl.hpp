@@ -58,9 +58,13 @@ class core_impl final : public pool_core, public std::enable_shared_from_this<co
     void shutdown() noexcept override;
 
     std::size_t size() const noexcept override { return opt_.processes; }
-    /// task_timeout applies to a job, so with it every job keeps to one chunk.
-    std::size_t chunks_per_job(std::size_t chunksize) const noexcept override {
-        return opt_.task_timeout.count() ? 1 : dispatcher_.chunks_per_job(chunksize);
+    /// maxtasksperchild counts jobs and task_timeout times them: with either, a job is one
+    /// chunk.
+    std::size_t chunks_per_job(std::size_t chunksize,
+                               std::uint64_t item_ns) const noexcept override {
+        if (opt_.maxtasksperchild || opt_.task_timeout.count())
+            return 1;
+        return group_chunks(chunksize, item_ns);
     }
     std::vector<pid_t> pids() const override;
     bool on_loop_thread() const noexcept override;

@@ -15,6 +15,7 @@
 #include <list>
 #include <memory>
 #include <ranges>
+#include <string>
 #include <vector>
 
 using namespace coproc::detail;
@@ -22,6 +23,7 @@ using namespace coproc::detail;
 namespace {
 
 int twice(int x) { return 2 * x; }
+std::size_t length_of(std::string s) { return s.size(); }
 
 struct null_sink final : task_sink {
     void on_result(const job&, std::span<const char>) override {}
@@ -89,40 +91,26 @@ TEST_CASE("dispatch gives a link at most cap() jobs, the cap following task dura
 
     dispatcher slow(test_key, 0);
     for (int i = 0; i < 50; ++i)
-        slow.note_duration(100'000'000, 1); // 100 ms each
+        slow.note_duration(100'000'000); // 100 ms each
     CHECK(slow.cap() == 2);
     dispatcher fast(test_key, 0);
     for (int i = 0; i < 50; ++i)
-        fast.note_duration(10, 1); // 10 ns each
+        fast.note_duration(10); // 10 ns each
     CHECK(fast.cap() == 1024);
     dispatcher absurd(test_key, 0);
-    absurd.note_duration(~std::uint64_t{0}, 1); // a worker's figure: bounded
+    absurd.note_duration(~std::uint64_t{0}); // a worker's figure: bounded
     CHECK(absurd.cap() == 2);
 }
 
-TEST_CASE("a job carries several chunks only once its items are measured short") {
-    dispatcher d(test_key, 0);
-    CHECK(d.chunks_per_job(1) == 1); // nothing measured yet
-    for (int i = 0; i < 50; ++i)
-        d.note_duration(64 * 100, 64); // jobs of 64 items, 100 ns each
-    CHECK(d.chunks_per_job(1) == dispatcher::max_group);
-    CHECK(d.chunks_per_job(50) == dispatcher::group_ns / 5'000); // chunks of 5 us
-    CHECK(d.chunks_per_job(200) == 1);                           // a chunk is already 20 us
-    CHECK(d.chunks_per_job(~std::size_t{0}) == 1);
-    for (int i = 0; i < 100; ++i)
-        d.note_duration(1'000'000, 1); // the items grew slow: one chunk per job again
-    CHECK(d.chunks_per_job(1) == 1);
-
-    dispatcher retiring(test_key, 5); // maxtasksperchild counts jobs: one chunk each
-    for (int i = 0; i < 50; ++i)
-        retiring.note_duration(100, 1);
-    CHECK(retiring.chunks_per_job(1) == 1);
-    dispatcher absurd(test_key, 0);
-    absurd.note_duration(~std::uint64_t{0}, 0); // a worker's figure: bounded
-    CHECK(absurd.chunks_per_job(1) == 1);
-    dispatcher instant(test_key, 0);
-    instant.note_duration(0, 1'000); // never below 1 ns an item, never more than max_group
-    CHECK(instant.chunks_per_job(1) == dispatcher::max_group);
+TEST_CASE("a job carries several chunks only when one chunk runs far below group_ns") {
+    CHECK(group_chunks(1, 0) == 1); // nothing measured yet
+    CHECK(group_chunks(1, 100) == max_group_chunks);
+    CHECK(group_chunks(50, 100) == group_ns / 5'000); // chunks of 5 us: 4 of them
+    CHECK(group_chunks(200, 100) == 1);               // a chunk of 20 us
+    CHECK(group_chunks(1, group_ns) == 1);
+    CHECK(group_chunks(1, ~std::uint64_t{0}) == 1); // a worker's figure: no overflow
+    CHECK(group_chunks(~std::size_t{0}, 1) == 1);
+    CHECK(group_chunks(0, 100) == 1);
 }
 
 TEST_CASE("a chunk encoder puts whole chunks in a job and numbers them in input order") {
@@ -152,6 +140,28 @@ TEST_CASE("a chunk encoder puts whole chunks in a job and numbers them in input 
     chunk_encoder<int (*)(int), false, decltype(std::views::all(listed))> item_by_item(
         &twice, std::views::all(listed), 3);
     check(item_by_item);
+}
+
+TEST_CASE("a job of several chunks stops adding chunks once its frame holds max_group_bytes") {
+    auto sink = std::make_shared<null_sink>();
+    std::exception_ptr error;
+    const std::vector<std::string> words(100, std::string(10 * 1024, 'x'));
+    chunk_encoder<std::size_t (*)(std::string), false, decltype(std::views::all(words))> large(
+        &length_of, std::views::all(words), 2);
+    job_ptr a = large.next(sink, error, max_group_chunks); // chunks of 20 KiB: 4 make 80 KiB
+    REQUIRE(a);
+    CHECK(items_of(*a) == 8);
+    job_ptr b = large.next(sink, error, max_group_chunks);
+    REQUIRE(b);
+    CHECK(b->chunk == 4);
+
+    const std::vector<int> numbers(100'000, 7); // 4 bytes each, 1000 a chunk
+    chunk_encoder<int (*)(int), false, decltype(std::views::all(numbers))> raw(
+        &twice, std::views::all(numbers), 1'000);
+    job_ptr c = raw.next(sink, error, max_group_chunks);
+    REQUIRE(c);
+    CHECK(items_of(*c) == max_group_bytes / 4 / 1'000 * 1'000);
+    CHECK(!error);
 }
 
 TEST_CASE("dispatch drops the queued jobs of cancelled calls") {

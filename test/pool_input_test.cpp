@@ -22,6 +22,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <unistd.h>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -99,6 +100,11 @@ int fail_at_15000(int x) {
     return x;
 }
 bool is_odd(int x) { return x % 2 != 0; }
+/// The worker's pid, after 100 ms.
+int sleepy_pid(int) {
+    std::this_thread::sleep_for(100ms);
+    return static_cast<int>(::getpid());
+}
 
 /// A result whose save() writes more than its load() reads.
 struct short_read {
@@ -439,12 +445,11 @@ COPROC_TEST_CASE("a map over numbers gives every result, from every kind of rang
     co_await pool.async_join();
 }
 
-// Once the pool has measured its items as short, a job of a map carries many chunks
+// Once a map has measured its items as short, a job carries many chunks
 // (pool_core::chunks_per_job): each job's results must still land at its own items, whatever
 // the path (numbers, strings, starmap's tuples), with a short last chunk and a failing item.
 COPROC_TEST_CASE("a map of short items gives every result in order with many chunks per job") {
     coproc::pool pool(io.get_executor(), {.processes = 2});
-    CHECK(co_await pool.map(tasks::square, iota(2'000), 1) == squares(2'000)); // measures items
     const int n = 20'011; // no chunksize divides it
     const std::vector<int> ints = iota(n);
     std::vector<std::int64_t> cubes;
@@ -472,6 +477,17 @@ COPROC_TEST_CASE("a map of short items gives every result in order with many chu
         CHECK_THROWS_WITH_AS(co_await pool.map(fail_at_15000, ints, chunksize), "15000",
                              std::invalid_argument);
     }
+    pool.close();
+    co_await pool.async_join();
+}
+
+// Each map measures its own items: short tasks run before do not make a map of slow items
+// put several of them in one job (its first jobs are one chunk each).
+COPROC_TEST_CASE("a few slow items mapped after many short ones still spread over the workers") {
+    coproc::pool pool(io.get_executor(), {.processes = 2});
+    CHECK(co_await pool.map(tasks::square, iota(20'000), 1) == squares(20'000));
+    const std::vector<int> pids = co_await pool.map(sleepy_pid, iota(4), 1);
+    CHECK(std::set<int>(pids.begin(), pids.end()).size() == 2);
     pool.close();
     co_await pool.async_join();
 }

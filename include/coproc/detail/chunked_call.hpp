@@ -67,8 +67,9 @@ template <bool Star, class Args, class Item> void write_item(writer& w, const It
     }
 }
 
-/// Encodes the items of a view, `chunksize` items per chunk and one or more whole chunks per job,
-/// numbering the chunks from 0. The input ends at the first item
+/// Encodes the items of a view, `chunksize` items per chunk and one or more whole chunks per job
+/// (no more chunks once its frame holds max_group_bytes), numbering the chunks from 0. The
+/// input ends at the first item
 /// that cannot be read or encoded (its iterator, its conversion to the parameter type or its
 /// save() threw): the items before it in its chunk still make a (shorter) job, returned with
 /// that item's exception, its own type. Python's imap drops that partial chunk
@@ -97,8 +98,15 @@ template <class Fp, bool Star, class View> class chunk_encoder {
                     std::vector<char>& frame = w.buffer();
                     if constexpr (raw_items)
                         return write_raw(frame, limit, n, error);
+                    const std::size_t start = frame.size();
+                    std::size_t boundary = chunksize_; // where the job's next chunk starts
                     for (; n < limit; ++n) {
                         const std::size_t before = frame.size();
+                        if (n == boundary) {
+                            if (before - start >= max_group_bytes)
+                                break;
+                            boundary += chunksize_;
+                        }
                         bool written = false;
                         try {
                             if (n > 0 && it_ == std::ranges::end(items_))
@@ -107,7 +115,9 @@ template <class Fp, bool Star, class View> class chunk_encoder {
                             written = true;
                             ++it_;
                             if (n == 0)
-                                reserve_like_first(frame, limit, frame.size() - before);
+                                reserve_like_first(frame, limit, frame.size() - before,
+                                                   chunks > 1 ? max_group_bytes
+                                                              : max_reserved_frame);
                         } catch (...) {
                             if (written)
                                 ++n; // the iterator failed after this item: keep it
@@ -144,7 +154,11 @@ template <class Fp, bool Star, class View> class chunk_encoder {
                           std::exception_ptr& error) {
         using T = std::remove_cv_t<number>;
         const auto left = static_cast<std::size_t>(std::ranges::end(items_) - it_);
-        const std::size_t count = std::min(limit, left);
+        std::size_t count = std::min(limit, left);
+        if (count > chunksize_) // whole chunks, in about max_group_bytes
+            count =
+                std::min(count, std::max<std::size_t>(max_group_bytes / sizeof(T) / chunksize_, 1) *
+                                    chunksize_);
         const std::size_t at = frame.size();
         frame.resize(at + count * sizeof(T));
         char* out = frame.data() + at;
@@ -163,17 +177,16 @@ template <class Fp, bool Star, class View> class chunk_encoder {
     }
 
     /// Room for the rest of the job's `limit` items, if they take as many bytes as the first (for
-    /// at most max_reserved_frame more bytes): the frame then grows without copying itself over
-    /// and over.
-    void reserve_like_first(std::vector<char>& frame, std::size_t limit, std::size_t item_bytes) {
+    /// at most `most` more bytes): the frame then grows without copying itself over and over.
+    void reserve_like_first(std::vector<char>& frame, std::size_t limit, std::size_t item_bytes,
+                            std::size_t most) {
         using iter = std::ranges::iterator_t<View>;
         std::size_t rest = limit - 1;
         if constexpr (std::sized_sentinel_for<std::ranges::sentinel_t<View>, iter>)
             rest = std::min(rest, static_cast<std::size_t>(std::ranges::end(items_) - it_));
         if (rest == 0)
             return;
-        const std::size_t more =
-            item_bytes <= max_reserved_frame / rest ? item_bytes * rest : max_reserved_frame;
+        const std::size_t more = item_bytes <= most / rest ? item_bytes * rest : most;
         frame.reserve(frame.size() + more);
     }
 

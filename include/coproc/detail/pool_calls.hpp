@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -66,8 +67,9 @@ template <class T> class value_call final : public completion<T>, public task_si
     void on_error(const job&, std::exception_ptr e) override { this->set_error(std::move(e)); }
 };
 
-/// map/starmap: chunk k holds items [k * chunksize, ...), a job one or more chunks (as many as
-/// pool_core::chunks_per_job() says); the results fill one vector.
+/// map/starmap: chunk k holds items [k * chunksize, ...); the results fill one vector. A job
+/// holds one chunk until the call has measured its own items, then as many as
+/// pool_core::chunks_per_job() says.
 template <class T, class Fp, bool Star, class View> class map_call final : public chunked_call {
   public:
     map_call(std::shared_ptr<pool_core> core, std::shared_ptr<completion<std::vector<T>>> c, Fp fn,
@@ -79,6 +81,7 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
     void on_result(const job& j, std::span<const char> payload) override {
         const std::size_t first = j.chunk * chunksize_;
         const std::size_t count = items_of(j);
+        note_item_ns(j, count);
         try {
             const std::size_t last = first + count;
             if constexpr (is_number<T>) {
@@ -123,7 +126,8 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
 
   protected:
     job_ptr encode_next(std::exception_ptr& error) override {
-        return encoder_.next(shared_from_this(), error, core_->chunks_per_job(chunksize_));
+        const std::uint64_t item_ns = item_ns_.load(std::memory_order_relaxed);
+        return encoder_.next(shared_from_this(), error, core_->chunks_per_job(chunksize_, item_ns));
     }
 
     // The whole call fails with the input's exception. Found by start() on the caller's
@@ -142,6 +146,18 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
     }
 
   private:
+    // A running average of how long this call's items run (results may arrive on several
+    // threads at once: an update may be lost, which an average can bear).
+    void note_item_ns(const job& j, std::size_t count) noexcept {
+        if (j.ran_ns == 0 || count == 0)
+            return;
+        const auto item = static_cast<std::int64_t>(std::max<std::uint64_t>(j.ran_ns / count, 1));
+        const auto avg = static_cast<std::int64_t>(item_ns_.load(std::memory_order_relaxed));
+        const std::int64_t next =
+            avg == 0 ? item : std::max<std::int64_t>(avg + (item - avg) / 8, 1);
+        item_ns_.store(static_cast<std::uint64_t>(next), std::memory_order_relaxed);
+    }
+
     // Python's map fails whole on the first error: stop sending chunks.
     void fail(std::exception_ptr e) {
         if (!failed_.exchange(true)) {
@@ -165,6 +181,7 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
     std::vector<slot> results_;
     const std::size_t chunksize_;
     std::atomic<std::size_t> remaining_; // items
+    std::atomic<std::uint64_t> item_ns_{0}; // 0 until a result is measured
     std::atomic<bool> failed_{false};
     chunk_encoder<Fp, Star, View> encoder_;
 };

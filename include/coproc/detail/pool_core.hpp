@@ -14,6 +14,7 @@
 #include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <exception>
@@ -62,6 +63,7 @@ struct job { // a new field is reset in job_recycler (lib/job_pool.cpp) too
     std::size_t chunk = 0; // index of this job within its call
     std::uint64_t id = 0;
     std::uint64_t seq = 0; // its number among the frames sent to its worker (1, 2, ...)
+    std::uint64_t ran_ns = 0; // answered: how long its worker says it ran (0: not known)
     std::string_view name; // the function's type, for error messages
 };
 /// Jobs are made on the submitting thread and freed on the pool's loop thread. Rather than
@@ -87,6 +89,22 @@ void append_task_prefix(std::vector<char>& out, const task_entry* entry, erased_
 /// The number of items (argument tuples) job `j` carries.
 inline std::size_t items_of(const job& j) noexcept {
     return static_cast<std::size_t>(read_header(j.frame.data()).aux);
+}
+
+/// A job of a map carries several chunks when one chunk runs so briefly that sending and
+/// answering it would cost more than running it: as many as run in about group_ns, at most
+/// max_group_chunks (and in a frame of about max_group_bytes, see chunk_encoder).
+inline constexpr std::uint64_t group_ns = 20'000;
+inline constexpr std::size_t max_group_chunks = 64;
+inline constexpr std::size_t max_group_bytes = 64 * 1024;
+
+/// How many chunks of `chunksize` items, each run in `item_ns` nanoseconds (0: not measured
+/// yet, which gives 1), one job may carry (see above).
+constexpr std::size_t group_chunks(std::size_t chunksize, std::uint64_t item_ns) noexcept {
+    if (item_ns == 0 || chunksize == 0 || chunksize >= group_ns || item_ns >= group_ns)
+        return 1;
+    const std::uint64_t chunk_ns = item_ns * chunksize; // both under group_ns: no overflow
+    return chunk_ns >= group_ns ? 1 : std::min<std::size_t>(group_ns / chunk_ns, max_group_chunks);
 }
 
 /// "task 7 (int (*)(int))": a job as error messages name it.
@@ -142,11 +160,11 @@ class pool_core {
     /// While held, close() keeps the workers for a call that has more jobs to submit.
     virtual void hold() noexcept = 0;
     virtual void release() noexcept = 0;
-    /// How many chunks of `chunksize` items one job of a map may carry: 1, or more when the
-    /// items measured so far are so short that a job of one chunk would cost more to send and
-    /// answer than to run. Thread-safe.
-    virtual std::size_t chunks_per_job(std::size_t chunksize) const noexcept {
-        (void)chunksize;
+    /// How many chunks of `chunksize` items one job of a map may carry, its items having run
+    /// `item_ns` nanoseconds each on average (0: not measured yet): group_chunks(), or 1 where
+    /// the pool counts or times jobs one by one. Thread-safe.
+    virtual std::size_t chunks_per_job(std::size_t /*chunksize*/,
+                                       std::uint64_t /*item_ns*/) const noexcept {
         return 1;
     }
     /// Runs `fn` on the pool's event loop (the callbacks of a call that needs no worker).
