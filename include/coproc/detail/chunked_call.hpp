@@ -69,12 +69,11 @@ template <bool Star, class Args, class Item> void write_item(writer& w, const It
 
 /// Encodes the items of a view, `chunksize` items per chunk and one or more whole chunks per job
 /// (no more chunks once its frame holds max_group_bytes), numbering the chunks from 0. The
-/// input ends at the first item
-/// that cannot be read or encoded (its iterator, its conversion to the parameter type or its
-/// save() threw): the items before it in its chunk still make a (shorter) job, returned with
-/// that item's exception, its own type. Python's imap drops that partial chunk
-/// (`_get_tasks` slices whole chunks); coproc sends it, so every item before the bad one has
-/// its result, as with chunksize 1, where both behave alike.
+/// input ends at the first item that cannot be read or encoded (its iterator, its conversion to
+/// the parameter type or its save() threw): the items before it in its chunk still make a
+/// (shorter) job, returned with that item's exception, its own type. Python's imap drops that
+/// partial chunk (`_get_tasks` slices whole chunks); coproc sends it, so every item before the
+/// bad one has its result, as with chunksize 1, where both behave alike.
 template <class Fp, bool Star, class View> class chunk_encoder {
   public:
     chunk_encoder(Fp fn, View items, std::size_t chunksize)
