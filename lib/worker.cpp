@@ -6,6 +6,7 @@
 #include <coproc/detail/wire.hpp>
 #include "child_setup.hpp"
 #include "io.hpp"
+#include "sanitizers.hpp"
 #include "transport.hpp"
 
 #include <cerrno>
@@ -158,7 +159,7 @@ class reply_writer {
   private:
     // The helper blocks every signal: signals sent to the worker reach the task's thread.
     bool start() {
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#if COPROC_TSAN || COPROC_ASAN
         // The sanitizers cannot start threads in a child forked from a threaded process:
         // ThreadSanitizer aborts ("dup thread with used id"); g++ 12's AddressSanitizer does not
         // take its thread registry's lock across fork(), so a worker whose fork server was

@@ -2,6 +2,7 @@
 // descriptors and memory, worker exits nobody reports, buffers left behind, and replies a
 // worker has no business sending.
 #include "../lib/child_setup.hpp"
+#include "../lib/sanitizers.hpp"
 #include "../lib/transport.hpp"
 #include "tasks.hpp"
 #include "test_util.hpp"
@@ -122,7 +123,7 @@ bool maps_pool_slots(pid_t pid) {
     return false;
 }
 
-long rss_kib(pid_t pid) {
+[[maybe_unused]] long rss_kib(pid_t pid) {
     std::ifstream status("/proc/" + std::to_string(pid) + "/status");
     std::string key;
     while (status >> key) {
@@ -166,7 +167,7 @@ int put_pid(coproc::queue<int> q) {
     return 1;
 }
 
-std::string big_result(std::size_t n) { return std::string(n, 'x'); }
+[[maybe_unused]] std::string big_result(std::size_t n) { return std::string(n, 'x'); }
 
 void send_to_pool(const std::vector<char>& frame) {
     const int fd = coproc::test::own_socket();
@@ -364,7 +365,7 @@ TEST_CASE("close_fds: a worker keeps only stdio, its socket and the handles") {
 
 // ------------------------------------------------------------------ buffers
 
-#if !defined(__SANITIZE_ADDRESS__) // ASan keeps freed memory in quarantine: RSS says nothing
+#if !COPROC_ASAN // ASan keeps freed memory in quarantine: RSS says nothing
 TEST_CASE("a large result's buffers are given back by the worker and the pool") {
     watchdog dog(120s);
     coproc::pool pool(1);

@@ -1,5 +1,6 @@
 // Large payloads: arguments and results above out_of_line_threshold travel in a sealed memfd
 // passed next to a small frame; what a worker may pass is checked, and nothing leaks.
+#include "../lib/sanitizers.hpp"
 #include "tasks.hpp"
 #include "test_util.hpp"
 #include <coproc/detail/wire.hpp>
@@ -278,13 +279,13 @@ TEST_CASE("results below, at and above the threshold arrive whole, by apply and 
     }
 }
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if COPROC_ASAN || COPROC_TSAN
 constexpr int large_call_rounds = 2; // 4 MiB each way costs seconds per call under a sanitizer
 #else
-constexpr int large_call_rounds = 10;
+constexpr int large_call_rounds = 4; // more calls than payload descriptors (256) in all
 #endif
 
-TEST_CASE("a thousand large calls (200 under a sanitizer) leave no descriptor behind, in the pool or its workers") {
+TEST_CASE("four hundred large calls (200 under a sanitizer) leave no descriptor behind, in the pool or its workers") {
     watchdog dog(300s);
     coproc::pool pool(2);
     const std::size_t n = out_of_line_threshold + 1000;
@@ -416,7 +417,7 @@ TEST_CASE("a worker killed while it returns a large result: the task is lost, no
 
 // ASan keeps freed memory in quarantine (RSS says nothing); TSan cannot start threads in a
 // child forked from a threaded process (the pool in the child below).
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#if !COPROC_ASAN && !COPROC_TSAN
 TEST_CASE("map of 512 x 1 MiB results peaks below twice the result size in the parent") {
     watchdog dog(300s);
     constexpr std::size_t items = 512, item = std::size_t{1} << 20;

@@ -1,6 +1,7 @@
 // map, starmap and imap over inputs that throw, huge chunksizes, bool results written by
 // several loop threads, many chunks per job, and replies with bytes left over.
 #include <coproc/pool.hpp>
+#include "../lib/sanitizers.hpp"
 #include "tasks.hpp"
 #include "test_util.hpp"
 
@@ -375,7 +376,7 @@ TEST_CASE("map of bool results on a loop run by 4 threads gets every result righ
     {
         coproc::pool& pool = *made;
         // Under a sanitizer the full run is too slow; ThreadSanitizer flags a race in one map.
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#if COPROC_TSAN || COPROC_ASAN
         const std::vector<int> v = iota(20'000);
         const int rounds = 3;
 #else
