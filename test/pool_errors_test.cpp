@@ -194,16 +194,19 @@ TEST_CASE("standard exceptions thrown by a task arrive as the same type with the
     coproc::pool pool(2);
     if (auto e =
             thrown<std::invalid_argument>([&] { pool.apply_async(throw_invalid, {7}).get(); })) {
-        CHECK(typeid(*e) == typeid(std::invalid_argument));
+        const std::exception& thrown_as = *e;
+        CHECK(typeid(thrown_as) == typeid(std::invalid_argument));
         CHECK(std::string(e->what()) == "bad argument 7");
     }
     if (auto e =
             thrown<std::out_of_range>([&] { pool.apply_async(throw_out_of_range, {1}).get(); })) {
-        CHECK(typeid(*e) == typeid(std::out_of_range));
+        const std::exception& thrown_as = *e;
+        CHECK(typeid(thrown_as) == typeid(std::out_of_range));
         CHECK(std::string(e->what()) == "index out of range");
     }
     if (auto e = thrown<std::runtime_error>([&] { pool.apply_async(throw_runtime, {1}).get(); })) {
-        CHECK(typeid(*e) == typeid(std::runtime_error));
+        const std::exception& thrown_as = *e;
+        CHECK(typeid(thrown_as) == typeid(std::runtime_error));
         CHECK(std::string(e->what()) == "it failed at runtime");
     }
     // get() may be called again: the same exception again.

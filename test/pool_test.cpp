@@ -73,7 +73,7 @@ std::pair<int, int> initialized_and_pid(int) {
 // Task functions must be plain functions or captureless lambdas.
 constexpr auto triple = [](int x) { return 3 * x; };
 int captured_value = 1;
-auto capturing = [k = captured_value](int x) { return x + k; };
+[[maybe_unused]] auto capturing = [k = captured_value](int x) { return x + k; };
 static_assert(coproc::detail::converts_to_function_pointer<decltype(triple)>);
 static_assert(!coproc::detail::converts_to_function_pointer<decltype(capturing)>);
 
@@ -250,8 +250,8 @@ TEST_CASE("close() lets submitted tasks finish, then join() returns") {
     coproc::pool pool(2);
     auto r = pool.map_async(tasks::sleep_ms, std::vector<int>(10, 5), 1);
     pool.close();
-    CHECK_THROWS_AS(pool.apply_async(tasks::add, {1, 2}), coproc::pool_closed);
-    CHECK_THROWS_AS(pool.map_async(tasks::square, iota(3)), coproc::pool_closed);
+    CHECK_THROWS_AS((void)pool.apply_async(tasks::add, {1, 2}), coproc::pool_closed);
+    CHECK_THROWS_AS((void)pool.map_async(tasks::square, iota(3)), coproc::pool_closed);
     CHECK_THROWS_AS((void)pool.imap(tasks::square, iota(3)), coproc::pool_closed);
     pool.join();
     CHECK(r.ready());
@@ -283,7 +283,7 @@ TEST_CASE("terminate() fails running and queued tasks with pool_closed, without 
     pool.join();
     CHECK(std::chrono::steady_clock::now() - t0 < 5s);
     CHECK(pool.pids().empty());
-    CHECK_THROWS_AS(pool.apply_async(tasks::add, {1, 2}), coproc::pool_closed);
+    CHECK_THROWS_AS((void)pool.apply_async(tasks::add, {1, 2}), coproc::pool_closed);
     pool.terminate(); // again: nothing to do
 }
 
@@ -360,7 +360,7 @@ TEST_CASE("close() or terminate() while threads submit: each task refused, run o
                 }
             }
         CHECK(ran + failed >= std::size_t{threads * before_close});
-        CHECK_THROWS_AS(pool.apply_async(tasks::square, {1}), coproc::pool_closed);
+        CHECK_THROWS_AS((void)pool.apply_async(tasks::square, {1}), coproc::pool_closed);
     }
 }
 

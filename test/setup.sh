@@ -9,7 +9,7 @@ COPROC_PACKAGES=(g++ meson ninja-build pkg-config cmake libasio-dev libcereal-de
 # shellcheck disable=SC2034 # used by run.sh
 COPROC_CLANG=clang++-19
 # shellcheck disable=SC2034
-COPROC_CLANG_PACKAGES=(clang-19)
+COPROC_CLANG_PACKAGES=(clang-19 libclang-rt-19-dev) # and its sanitizer runtimes
 
 coproc_install_packages() {
     local missing=()
