@@ -1,9 +1,9 @@
 // The worker loop: blocking reads, batched replies, no Asio (see pool_core.cpp for the parent).
 #include "worker.hpp"
 
-#include <coproc/this_task.hpp>
 #include <coproc/detail/function_id.hpp>
 #include <coproc/detail/wire.hpp>
+#include <coproc/this_task.hpp>
 #include "child_setup.hpp"
 #include "io.hpp"
 #include "sanitizers.hpp"

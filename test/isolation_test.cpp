@@ -1,15 +1,15 @@
 // What a child of coproc's starts with and what a worker may tell its pool: SIGCHLD, inherited
 // descriptors and memory, worker exits nobody reports, buffers left behind, and replies a
 // worker has no business sending.
+#include <coproc/detail/wire.hpp>
+#include <coproc/pool.hpp>
+#include <coproc/process.hpp>
+#include <coproc/queue.hpp>
 #include "../lib/child_setup.hpp"
 #include "../lib/sanitizers.hpp"
 #include "../lib/transport.hpp"
 #include "tasks.hpp"
 #include "test_util.hpp"
-#include <coproc/detail/wire.hpp>
-#include <coproc/pool.hpp>
-#include <coproc/process.hpp>
-#include <coproc/queue.hpp>
 
 #include <algorithm>
 #include <cerrno>
@@ -17,11 +17,11 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <fcntl.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <fstream>
-#include <linux/kcmp.h>
 #include <functional>
+#include <linux/kcmp.h>
 #include <poll.h>
 #include <string>
 #include <sys/socket.h>

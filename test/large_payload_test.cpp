@@ -1,11 +1,11 @@
 // Large payloads: arguments and results above out_of_line_threshold travel in a sealed memfd
 // passed next to a small frame; what a worker may pass is checked, and nothing leaks.
-#include "../lib/sanitizers.hpp"
-#include "tasks.hpp"
-#include "test_util.hpp"
 #include <coproc/detail/wire.hpp>
 #include <coproc/pool.hpp>
 #include <coproc/serialize.hpp>
+#include "../lib/sanitizers.hpp"
+#include "tasks.hpp"
+#include "test_util.hpp"
 
 #include <doctest/doctest.h>
 
@@ -285,7 +285,8 @@ constexpr int large_call_rounds = 2; // 4 MiB each way costs seconds per call un
 constexpr int large_call_rounds = 4; // more calls than payload descriptors (256) in all
 #endif
 
-TEST_CASE("four hundred large calls (200 under a sanitizer) leave no descriptor behind, in the pool or its workers") {
+TEST_CASE("four hundred large calls (200 under a sanitizer) leave no descriptor behind, in the "
+          "pool or its workers") {
     watchdog dog(300s);
     coproc::pool pool(2);
     const std::size_t n = out_of_line_threshold + 1000;
