@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstring>
 #include <deque>
+#include <malloc.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -166,6 +167,10 @@ zygote::zygote(const worker_config& cfg) {
     const timeval limit{answer_timeout.count(), 0};
     ::setsockopt(req[0], SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
     ::setsockopt(req[0], SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+    // The fork server shares every page of this process copy-on-write for the pool's life.
+    // Heap pages that are free now would be copied on their next write (4 KiB at a time);
+    // given back to the kernel first, they are neither copied by fork() nor shared after it.
+    ::malloc_trim(0);
     pid_ = ::fork();
     if (pid_ == 0) {
         ::close(req[0]);
