@@ -6,10 +6,6 @@
 
 namespace coproc::detail {
 
-namespace {
-constexpr std::uint64_t max_task_ns = 3'600'000'000'000; // 1 hour
-} // namespace
-
 void dispatcher::requeue(std::deque<job_ptr> jobs) {
     for (auto it = jobs.rbegin(); it != jobs.rend(); ++it)
         pending_.push_front(std::move(*it));

@@ -45,6 +45,9 @@ class dispatcher {
     /// A job ran for `ns` nanoseconds (a worker's figure: bounded here).
     void note_duration(std::uint64_t ns) noexcept;
 
+    /// The longest run time a worker's figure counts for (1 hour).
+    static constexpr std::uint64_t max_task_ns = 3'600'000'000'000;
+
   private:
     void assign_id(job& j) noexcept;
 

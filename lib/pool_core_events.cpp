@@ -219,8 +219,10 @@ void core_impl::take_frame(const link_ptr& w, const frame& f, effects& fx) {
         if (!w->writing) // answered: its arguments are never sent again
             j->payload.reset();
         if (f.kind == frame_kind::result) {
-            dispatcher_.note_duration(f.aux);
-            j->ran_ns = f.aux;
+            // A worker's figure, bounded before anything averages it: a map divides it by its
+            // items in signed arithmetic.
+            j->ran_ns = std::min(f.aux, dispatcher::max_task_ns);
+            dispatcher_.note_duration(j->ran_ns);
         }
         fx.reply(std::move(j), reply, std::move(mapped));
         return;
