@@ -271,6 +271,32 @@ void futex_wake(std::atomic<std::uint32_t>& word, int count) noexcept {
               nullptr, 0);
 }
 
+void word_mutex::lock_contended(std::uint32_t seen) noexcept {
+    // A holder's section is short: spin a little before sleeping.
+    for (int i = 0; i < 100 && seen == 1; ++i) {
+        cpu_relax();
+        seen = 0;
+        if (word_.compare_exchange_weak(seen, 1, std::memory_order_acquire))
+            return;
+    }
+    if (seen != 2)
+        seen = word_.exchange(2, std::memory_order_acquire);
+    while (seen != 0) {
+        futex_wait(word_, 2, std::nullopt);
+        seen = word_.exchange(2, std::memory_order_acquire);
+    }
+}
+
+bool ready_flag::wait(std::optional<clock::time_point> deadline) {
+    for (;;) {
+        std::uint32_t seen = 0;
+        if (!word_.compare_exchange_strong(seen, 2, std::memory_order_acquire) && seen == 1)
+            return true;
+        if (!futex_wait(word_, 2, deadline))
+            return is_set();
+    }
+}
+
 namespace {
 // What a sealed memfd may no longer do: its receiver trusts its size and reads it in place.
 constexpr int memfd_seals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;

@@ -10,6 +10,7 @@
 // O_NONBLOCK and always waited for with poll() or Asio.
 #pragma once
 
+#include <coproc/detail/futex.hpp>
 #include <coproc/detail/handle.hpp>
 
 #include <asio/awaitable.hpp>
@@ -152,12 +153,6 @@ bool wait_fd(int fd, short events, std::optional<clock::time_point> deadline);
 
 /// Milliseconds to `deadline` for poll(): -1 for none, 0 if passed.
 int poll_timeout(std::optional<clock::time_point> deadline);
-
-/// FUTEX_WAIT on a process-shared word; returns false on timeout. Spurious wake-ups happen.
-bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
-                std::optional<clock::time_point> deadline);
-/// FUTEX_WAKE on a process-shared word.
-void futex_wake(std::atomic<std::uint32_t>& word, int count) noexcept;
 
 /// Maps `size` zeroed bytes shared with every process forked afterwards.
 void* map_shared(std::size_t size, const char* what);

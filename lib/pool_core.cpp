@@ -303,10 +303,7 @@ bool core_impl::on_loop_thread() const noexcept {
     return false;
 }
 
-void core_impl::post_join_waiters() {
-    for (auto& w : join_waiters_.take_all())
-        w.post(false);
-}
+void core_impl::post_join_waiters() { join_waiters_.take_all().post(false); }
 
 void core_impl::wake_joiners_locked() {
     post_join_waiters();

@@ -165,8 +165,7 @@ class mpi_core final : public pool_core, public std::enable_shared_from_this<mpi
         if (!joinable_locked())
             return;
         work_ = asio::any_io_executor();
-        for (auto& w : join_waiters_.take_all())
-            w.post(false);
+        join_waiters_.take_all().post(false);
         cv_.notify_all();
     }
     std::string where(std::size_t a) const {

@@ -2,6 +2,7 @@
 // exception, set once), its callbacks, and the waiters of async_result and the awaitables.
 #pragma once
 
+#include <coproc/detail/futex.hpp>
 #include <coproc/detail/handler_slot.hpp>
 #include <coproc/detail/pool_core.hpp>
 #include <coproc/error.hpp>
@@ -10,7 +11,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <exception>
 #include <functional>
@@ -48,7 +48,9 @@ template <> struct outcome_signature_of<void> {
 };
 template <class R> using outcome_signature = typename outcome_signature_of<R>::type;
 
-/// Where a call's outcome lands: a value or an exception, set once.
+/// Where a call's outcome lands: a value or an exception, set once. One is made per call
+/// (an apply's is its value_call), so it is kept small: 88 bytes for a number, the callbacks
+/// out of line when there are any.
 template <class R> class completion {
   public:
     using stored = wire_result_t<R>;
@@ -57,31 +59,32 @@ template <class R> class completion {
 
     explicit completion(std::shared_ptr<pool_core> core, callback_t cb = {},
                         error_callback_t ecb = {})
-        : core_(std::move(core)), callback_(std::move(cb)), error_callback_(std::move(ecb)) {}
+        : core_(std::move(core)) {
+        if (cb || ecb)
+            callbacks_ = std::make_unique<callbacks>(std::move(cb), std::move(ecb));
+    }
 
     void set_value(stored v) {
         {
             std::lock_guard lk(m_);
-            if (done_)
+            if (settled())
                 return;
-            done_ = true;
             value_.emplace(std::move(v));
         }
-        if (callback_)
-            run_callback([&] { callback_(*value_); });
+        if (callbacks_ && callbacks_->on_value)
+            run_callback([&] { callbacks_->on_value(*value_); });
         publish();
     }
 
     void set_error(std::exception_ptr e) {
         {
             std::lock_guard lk(m_);
-            if (done_)
+            if (settled())
                 return;
-            done_ = true;
-            error_ = std::move(e);
+            error_ = e ? std::move(e) : std::make_exception_ptr(error("a call failed"));
         }
-        if (error_callback_)
-            run_callback([&] { error_callback_(error_); });
+        if (callbacks_ && callbacks_->on_error)
+            run_callback([&] { callbacks_->on_error(error_); });
         publish();
     }
 
@@ -129,13 +132,12 @@ template <class R> class completion {
         if (c->ready()) {
             auto all = c->waiters_.take_all();
             lk.unlock();
-            for (auto& w : all)
-                w.post(false);
+            all.post(false);
         }
     }
 
-    bool ready() const noexcept { return ready_.load(std::memory_order_acquire); }
-    bool has_callbacks() const noexcept { return callback_ || error_callback_; }
+    bool ready() const noexcept { return ready_.is_set(); }
+    bool has_callbacks() const noexcept { return callbacks_ != nullptr; }
 
     bool successful() const {
         if (!ready())
@@ -147,16 +149,14 @@ template <class R> class completion {
         if (ready())
             return;
         core_->check_blocking("async_result::wait()");
-        std::unique_lock lk(m_);
-        cv_.wait(lk, [&] { return ready(); });
+        ready_.wait(std::nullopt);
     }
 
     template <class Rep, class Period> bool wait_for(std::chrono::duration<Rep, Period> d) {
         if (ready())
             return true;
         core_->check_blocking("async_result::wait_for()");
-        std::unique_lock lk(m_);
-        return cv_.wait_for(lk, d, [&] { return ready(); });
+        return ready_.wait(deadline_after(d));
     }
 
     /// The value (a copy, so get() may be called again) or the task's exception.
@@ -201,23 +201,26 @@ template <class R> class completion {
         }
     }
 
+    // Whether set_value() or set_error() came first already. Under m_.
+    bool settled() const noexcept { return value_ || error_; }
+
     void publish() {
         std::unique_lock lk(m_);
-        ready_.store(true, std::memory_order_release);
+        ready_.set();
         auto all = waiters_.take_all();
         lk.unlock();
-        cv_.notify_all();
-        for (auto& w : all)
-            w.post(false);
+        all.post(false);
     }
 
+    struct callbacks {
+        callback_t on_value;
+        error_callback_t on_error;
+    };
+
     std::shared_ptr<pool_core> core_;
-    callback_t callback_;
-    error_callback_t error_callback_;
-    std::mutex m_;
-    std::condition_variable cv_;
-    std::atomic<bool> ready_{false};
-    bool done_ = false;
+    std::unique_ptr<callbacks> callbacks_; // null if the call has none
+    word_mutex m_;
+    ready_flag ready_;
     std::optional<stored> value_;
     std::exception_ptr error_;
     std::weak_ptr<task_sink> call_;

@@ -65,54 +65,80 @@ inline std::exception_ptr operation_aborted() {
 /// call's outcome, a pool's join, an imap's next result). The owner guards the list with its
 /// mutex. A handler is posted to its associated executor (with work counted there while it is
 /// parked) and invoked there as `finish(handler, aborted)`, after its cancellation slot is
-/// cleared.
+/// cleared. The list is linked through the parked handlers themselves: an empty one is two
+/// words, and parking allocates only the handler's holder.
 class waiter_list {
+    struct node {
+        virtual ~node() = default;
+        virtual void post(bool aborted) = 0;
+        std::uint64_t id = 0;
+        std::unique_ptr<node> next;
+    };
+
   public:
     using id_type = std::uint64_t;
 
-    bool empty() const noexcept { return waiters_.empty(); }
+    waiter_list() = default;
+    waiter_list(waiter_list&&) = delete;
+    ~waiter_list() { take_all(); }
 
-    /// Parks `h`. If it has a cancellation slot, `on_cancel(id)` is installed there: the
-    /// owner then calls abort(its mutex, id).
+    bool empty() const noexcept { return head_ == nullptr; }
+
+    /// Parks `h`, after those parked already. If it has a cancellation slot, `on_cancel(id)`
+    /// is installed there: the owner then calls abort(its mutex, id).
     template <class Handler, class Finish, class OnCancel>
     void park(Handler h, Finish finish, OnCancel on_cancel) {
-        const id_type id = next_++;
-        auto slot = asio::get_associated_cancellation_slot(h);
+        auto p = std::make_unique<holder<Handler, Finish>>(std::move(h), std::move(finish));
+        const id_type id = p->id = next_id_++;
+        auto slot = asio::get_associated_cancellation_slot(p->handler);
         if (slot.is_connected())
             slot.assign([on_cancel = std::move(on_cancel), id](asio::cancellation_type) mutable {
                 on_cancel(id);
             });
-        waiters_.push_back(
-            {id, std::make_unique<holder<Handler, Finish>>(std::move(h), std::move(finish))});
+        std::unique_ptr<node>* tail = &head_;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = std::move(p);
     }
 
-    /// A parked waiter, to post(aborted) once the owner's mutex is released.
-    class waiter {
+    /// Parked waiters taken out of a list, to post() once the owner's mutex is released (those
+    /// never posted are destroyed with their handlers).
+    class waiters {
       public:
-        waiter() = default;
-        explicit operator bool() const noexcept { return p_ != nullptr; }
+        waiters() = default;
+        waiters(waiters&&) noexcept = default;
+        waiters& operator=(waiters&& o) noexcept {
+            clear();
+            head_ = std::move(o.head_);
+            return *this;
+        }
+        ~waiters() { clear(); }
+        explicit operator bool() const noexcept { return head_ != nullptr; }
+        /// Posts each, in the order they were parked.
         void post(bool aborted) {
-            if (auto p = std::move(p_))
+            while (auto p = std::move(head_)) {
+                head_ = std::move(p->next);
                 p->post(aborted);
+            }
         }
 
       private:
         friend class waiter_list;
-        struct base {
-            virtual ~base() = default;
-            virtual void post(bool aborted) = 0;
-        };
-        explicit waiter(std::unique_ptr<base> p) : p_(std::move(p)) {}
-        std::unique_ptr<base> p_;
+        explicit waiters(std::unique_ptr<node> head) noexcept : head_(std::move(head)) {}
+        void clear() noexcept { // iteratively: a long list would recurse deeply otherwise
+            while (auto p = std::move(head_))
+                head_ = std::move(p->next);
+        }
+        std::unique_ptr<node> head_;
     };
 
     /// Takes out waiter `id` (empty if it is gone already).
-    waiter take(id_type id) {
-        for (auto it = waiters_.begin(); it != waiters_.end(); ++it)
-            if (it->id == id) {
-                waiter w(std::move(it->p));
-                waiters_.erase(it);
-                return w;
+    waiters take(id_type id) {
+        for (std::unique_ptr<node>* at = &head_; *at; at = &(*at)->next)
+            if ((*at)->id == id) {
+                auto p = std::move(*at);
+                *at = std::move(p->next);
+                return waiters(std::move(p));
             }
         return {};
     }
@@ -120,7 +146,7 @@ class waiter_list {
     /// What an owner's on_cancel does: takes waiter `id` out under `owner_mutex`, the mutex
     /// guarding this list, then posts it aborted once that mutex is released.
     template <class Mutex> void abort(Mutex& owner_mutex, id_type id) {
-        waiter w;
+        waiters w;
         {
             std::lock_guard lk(owner_mutex);
             w = take(id);
@@ -129,15 +155,10 @@ class waiter_list {
     }
 
     /// Takes out every waiter.
-    std::vector<waiter> take_all() {
-        std::vector<waiter> out;
-        for (auto& e : std::exchange(waiters_, {}))
-            out.push_back(waiter(std::move(e.p)));
-        return out;
-    }
+    waiters take_all() noexcept { return waiters(std::move(head_)); }
 
   private:
-    template <class Handler, class Finish> struct holder final : waiter::base {
+    template <class Handler, class Finish> struct holder final : node {
         holder(Handler&& h, Finish&& f)
             : handler(std::move(h)), finish(std::move(f)), work(handler_work(handler)) {}
         void post(bool aborted) override {
@@ -152,12 +173,8 @@ class waiter_list {
         Finish finish;
         handler_work_t<Handler> work;
     };
-    struct entry {
-        id_type id;
-        std::unique_ptr<waiter::base> p;
-    };
-    std::vector<entry> waiters_;
-    id_type next_ = 1;
+    std::unique_ptr<node> head_;
+    id_type next_id_ = 1;
 };
 
 } // namespace coproc::detail

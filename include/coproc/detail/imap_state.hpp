@@ -110,10 +110,7 @@ template <class R> class imap_state : public chunked_call {
     }
 
     // Posts the parked next(), under m_.
-    void wake_locked() {
-        for (auto& w : waiter_.take_all())
-            w.post(false);
-    }
+    void wake_locked() { waiter_.take_all().post(false); }
 
     struct outcome {
         std::vector<R> values;
