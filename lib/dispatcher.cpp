@@ -3,12 +3,20 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 
 namespace coproc::detail {
 
-void dispatcher::requeue(std::deque<job_ptr> jobs) {
+void dispatcher::requeue(std::vector<job_ptr> jobs) {
     for (auto it = jobs.rbegin(); it != jobs.rend(); ++it)
         pending_.push_front(std::move(*it));
+}
+
+std::vector<job_ptr> dispatcher::take_all() {
+    std::vector<job_ptr> out(std::make_move_iterator(pending_.begin()),
+                             std::make_move_iterator(pending_.end()));
+    pending_.clear();
+    return out;
 }
 
 std::vector<job_ptr> dispatcher::take(const task_sink* sink) {

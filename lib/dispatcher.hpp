@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <memory_resource>
 #include <span>
 #include <utility>
 #include <vector>
@@ -26,11 +27,11 @@ class dispatcher {
 
     void push(job_ptr j) { pending_.push_back(std::move(j)); }
     /// Puts `jobs` back at the front of the queue, in their order (they run first).
-    void requeue(std::deque<job_ptr> jobs);
+    void requeue(std::vector<job_ptr> jobs);
     /// Takes the queued jobs of `sink` out.
     std::vector<job_ptr> take(const task_sink* sink);
     /// Takes every queued job out.
-    std::deque<job_ptr> take_all() { return std::exchange(pending_, {}); }
+    std::vector<job_ptr> take_all();
     bool empty() const noexcept { return pending_.empty(); }
     std::size_t size() const noexcept { return pending_.size(); }
 
@@ -53,7 +54,10 @@ class dispatcher {
 
     mac_memo macs_;
     std::size_t maxtasks_;
-    std::deque<job_ptr> pending_;
+    // The queue's blocks are recycled here, not given back to malloc: a block the submitting
+    // thread allocates is often emptied by the loop thread.
+    std::pmr::unsynchronized_pool_resource pending_blocks_;
+    std::pmr::deque<job_ptr> pending_{&pending_blocks_};
     std::uint64_t next_id_ = 1;
     std::int64_t avg_ns_ = 0; // running average of job durations
 };

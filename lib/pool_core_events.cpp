@@ -355,7 +355,7 @@ void core_impl::finalize(const link_ptr& w, effects& fx) {
         auto e = f.ran ? w->result_lost_error(*j) : w->lost_error(*j, opt_.task_timeout);
         fx.fail(std::move(j), std::move(e));
     }
-    std::deque<job_ptr> again;
+    std::vector<job_ptr> again;
     for (const std::size_t i : plan.requeue)
         again.push_back(std::move(w->inflight[i]));
     w->inflight.clear();

@@ -19,6 +19,7 @@
 #include <deque>
 #include <exception>
 #include <memory>
+#include <memory_resource>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -139,7 +140,10 @@ class worker_link {
         cancel_grace_->async_wait(std::forward<Handler>(handler));
     }
 
-    std::deque<job_ptr> inflight; // handed to this worker, oldest first
+    // Handed to this worker, oldest first. The loop thread empties the blocks the submitting
+    // thread fills: they are recycled here, not given back to malloc.
+    std::pmr::unsynchronized_pool_resource inflight_blocks;
+    std::pmr::deque<job_ptr> inflight{&inflight_blocks};
     std::vector<job*> to_send;    // not yet part of a write
     std::vector<job_ptr> parked;  // failed jobs whose frames the write in progress still reads
     frame_decoder dec;

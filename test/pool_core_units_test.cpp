@@ -197,7 +197,7 @@ TEST_CASE("a job gets its id and its sealed frame once, even when queued again")
     const std::vector<char> frame = first.frame;
 
     // The worker died before running it: it is queued again and handed to another worker.
-    std::deque<job_ptr> again;
+    std::vector<job_ptr> again;
     again.push_back(std::move(links[0]->inflight[0]));
     links[0]->inflight.clear();
     links[0]->to_send.clear();
