@@ -15,33 +15,46 @@ namespace coproc::detail {
 std::span<char> frame_decoder::write_area(std::size_t min) {
     if (begin_ == end_) {
         begin_ = end_ = 0;
-        if (buf_.size() > std::max(initial_, max_kept_buffer))
-            std::vector<char>(initial_).swap(buf_);
-    } else if (buf_.size() - end_ < min && begin_ > 0) {
-        std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
+        if (size_ > std::max(initial_, max_kept_buffer)) {
+            buf_.reset(new char[initial_]);
+            size_ = capacity_ = initial_;
+        }
+    } else if (size_ - end_ < min && begin_ > 0) {
+        std::memmove(buf_.get(), buf_.get() + begin_, end_ - begin_);
         end_ -= begin_;
         begin_ = 0;
     }
     // A large frame whose header we hold: room for more of it, as much as has arrived of it
-    // (doubling), never what the header merely claims. (std::vector's own growth keeps the
-    // many small resizes of a trickling frame amortised.)
+    // (doubling), never what the header merely claims. (The buffer's geometric growth keeps
+    // the many small resizes of a trickling frame amortised.)
     std::size_t want = min;
     if (end_ - begin_ >= sizeof(frame_header)) {
-        const auto h = read_header(buf_.data() + begin_);
+        const auto h = read_header(buf_.get() + begin_);
         const std::size_t whole = sizeof(frame_header) + h.size;
         if (h.size <= max_frame_payload && whole > end_ - begin_)
             want = std::max(want, std::min(whole - (end_ - begin_), end_ - begin_));
     }
-    if (buf_.size() - end_ < want)
-        buf_.resize(end_ + want);
-    return {buf_.data() + end_, buf_.size() - end_};
+    if (size_ - end_ < want)
+        resize(end_ + want);
+    return {buf_.get() + end_, size_ - end_};
+}
+
+void frame_decoder::resize(std::size_t size) {
+    if (size > capacity_) {
+        const std::size_t capacity = std::max(size, 2 * size_);
+        std::unique_ptr<char[]> bigger(new char[capacity]);
+        std::memcpy(bigger.get(), buf_.get(), end_);
+        buf_ = std::move(bigger);
+        capacity_ = capacity;
+    }
+    size_ = size;
 }
 
 std::optional<frame> frame_decoder::next() {
     const std::size_t have = end_ - begin_;
     if (have < sizeof(frame_header))
         return std::nullopt;
-    const auto h = read_header(buf_.data() + begin_);
+    const auto h = read_header(buf_.get() + begin_);
     if (h.size > max_frame_payload)
         throw error("malformed frame: payload of " + std::to_string(h.size) +
                     " bytes exceeds the 1 GiB frame limit");
@@ -54,8 +67,8 @@ std::optional<frame> frame_decoder::next() {
         throw error("malformed frame: an out-of-line frame without its byte count");
     if (have < sizeof(frame_header) + h.size)
         return std::nullopt;
-    frame f{static_cast<frame_kind>(h.kind), h.id, h.aux,
-            {buf_.data() + begin_ + sizeof(frame_header), h.size}, h.flags};
+    const char* payload = buf_.get() + begin_ + sizeof(frame_header);
+    frame f{static_cast<frame_kind>(h.kind), h.id, h.aux, {payload, h.size}, h.flags};
     begin_ += sizeof(frame_header) + h.size;
     return f;
 }

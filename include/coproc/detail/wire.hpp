@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -159,7 +160,8 @@ payload_fd move_out_of_line(std::vector<char>& out, std::size_t at, std::size_t 
 /// complete frames are taken with `next()`; a bad header throws coproc::error.
 class frame_decoder {
   public:
-    explicit frame_decoder(std::size_t initial = 64 * 1024) : buf_(initial), initial_(initial) {}
+    explicit frame_decoder(std::size_t initial = 64 * 1024)
+        : buf_(new char[initial]), size_(initial), capacity_(initial), initial_(initial) {}
 
     /// Room to read at least `min` more bytes into. A buffer grown past 4 MiB for a large frame
     /// shrinks back once that frame is taken.
@@ -171,7 +173,15 @@ class frame_decoder {
     std::optional<frame> next();
 
   private:
-    std::vector<char> buf_;
+    /// Makes the buffer `size` bytes long, as std::vector::resize() would but leaving new
+    /// bytes uninitialised.
+    void resize(std::size_t size);
+
+    // Uninitialised: reads fill it, so only the pages frames reach are ever touched (a new
+    // worker's first frames touch one of its 16).
+    std::unique_ptr<char[]> buf_;
+    std::size_t size_;
+    std::size_t capacity_;
     std::size_t initial_;
     std::size_t begin_ = 0;
     std::size_t end_ = 0;
