@@ -151,15 +151,19 @@ void core_impl::start_read(const link_ptr& w) {
 }
 
 // Reads what has arrived (without the mutex: submitters are not kept waiting on the syscall)
-// and takes its frames; while a read finds data, reads again at once (a few times) before
-// waiting for the socket, as a speculative read would.
+// and takes its frames; while a read fills the buffer, reads again at once (a few times)
+// before waiting for the socket. A read that did not fill it found the socket empty: the wait
+// follows at once, without a read that would only say so. (The wait re-arms the socket's
+// edge-triggered readiness, so bytes that arrived meanwhile, or that a read stopped short of
+// at a message with descriptors, wake it at once.)
 void core_impl::on_read(const link_ptr& w, std::error_code ec) {
     for (int round = 0;; ++round) {
         std::size_t n = 0;
+        bool full = false;
         std::string bad; // the worker broke the protocol
         if (!ec) {
             try {
-                ec = w->receive(n);
+                ec = w->receive(n, full);
             } catch (const std::exception& e) {
                 bad = e.what();
             }
@@ -189,7 +193,7 @@ void core_impl::on_read(const link_ptr& w, std::error_code ec) {
                 w->kill(kill_reason::protocol_error, e.what());
             }
             pump();
-            if (n == 0 || w->eof || round == 3)
+            if (!full || w->eof || round == 3)
                 break;
         }
         ec = {};

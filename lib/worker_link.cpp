@@ -186,8 +186,9 @@ std::error_code worker_link::send_some() {
     return {};
 }
 
-std::error_code worker_link::receive(std::size_t& n) {
+std::error_code worker_link::receive(std::size_t& n, bool& full) {
     n = 0;
+    full = false;
     std::lock_guard lk(read_mu_);
     if (!sock_)
         return asio::error::bad_descriptor;
@@ -210,6 +211,7 @@ std::error_code worker_link::receive(std::size_t& n) {
     if (truncated || fds.size() > max_unclaimed_fds)
         throw error("protocol error: a worker passed descriptors no frame of it claims");
     n = static_cast<std::size_t>(r);
+    full = n == area.size();
     return {};
 }
 

@@ -113,12 +113,13 @@ class worker_link {
         sock_->async_wait(socket_t::wait_read, std::forward<Handler>(handler));
     }
     /// Reads what has arrived of the worker's replies into the decoder without blocking (the
-    /// memfds passed with them to `fds`); sets `n` to the bytes read. Returns asio::error::eof
-    /// at end of stream, would_block if nothing is there; throws coproc::error if the worker
-    /// passed more descriptors than a message may carry. Called without the pool's mutex by
-    /// the one read under way (it alone touches the decoder's free space and pushes to `fds`);
-    /// its own lock keeps the socket from being closed meanwhile.
-    std::error_code receive(std::size_t& n);
+    /// memfds passed with them to `fds`); sets `n` to the bytes read and `full` to whether
+    /// they filled the decoder's free space (else the socket held no more). Returns
+    /// asio::error::eof at end of stream, would_block if nothing is there; throws
+    /// coproc::error if the worker passed more descriptors than a message may carry. Called
+    /// without the pool's mutex by the one read under way (it alone touches the decoder's free
+    /// space and pushes to `fds`); its own lock keeps the socket from being closed meanwhile.
+    std::error_code receive(std::size_t& n, bool& full);
     /// Waits until the pidfd is readable (the process exited); `handler(error_code)`.
     template <class Handler> void async_wait_exit(Handler&& handler) {
         pidfd_->async_wait(asio::posix::descriptor_base::wait_read, std::forward<Handler>(handler));
