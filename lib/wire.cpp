@@ -1,16 +1,33 @@
 // Frame encoding and decoding (see include/coproc/detail/wire.hpp).
+#include <coproc/detail/archive.hpp>
 #include <coproc/detail/wire.hpp>
 #include "io.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <fcntl.h>
 #include <string>
 #include <sys/mman.h>
 #include <unistd.h>
 
 namespace coproc::detail {
+
+void populate_for_write(void* p, std::size_t n) noexcept {
+    static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto begin = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
+    const auto end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(page - 1);
+    if (end <= begin)
+        return;
+    // Memory malloc hands out again is mostly in place already, and populating it would walk
+    // its pages for nothing: only a range whose first or last page is not is populated.
+    unsigned char first = 0, last = 0;
+    if (::mincore(reinterpret_cast<void*>(begin), page, &first) == 0 &&
+        ::mincore(reinterpret_cast<void*>(end - page), page, &last) == 0 && (first & last & 1))
+        return;
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+}
 
 std::span<char> frame_decoder::write_area(std::size_t min) {
     if (begin_ == end_) {

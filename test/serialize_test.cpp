@@ -1,6 +1,5 @@
 // Test that header file is self-contained.
 #include <coproc/serialize.hpp>
-
 #include "alloc_counter.hpp"
 
 #include <cereal/archives/binary.hpp>
@@ -15,7 +14,9 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <sys/mman.h>
 #include <tuple>
+#include <unistd.h>
 #include <unordered_set>
 #include <variant>
 #include <vector>
@@ -127,6 +128,65 @@ TEST_CASE("sequences of one-byte elements come back byte for byte, every byte va
     CHECK(v == std::vector<std::uint8_t>{1});
     // A count one past the bytes sent is refused, not read beyond the message.
     CHECK_THROWS_AS(coproc::deserialize_from(count_then(11, 10), v), coproc::error);
+}
+
+TEST_CASE("a large sequence of numbers or bytes loads into populated memory, as it was sent") {
+    // From populate_min_bytes on, a load populates its memory before it copies into it.
+    const std::size_t n = coproc::detail::populate_min_bytes + 4097;
+    std::vector<std::uint8_t> bytes(n);
+    std::string text(n, ' ');
+    std::vector<std::int32_t> ints(n / 4 + 3);
+    for (std::size_t i = 0; i < n; ++i) {
+        bytes[i] = static_cast<std::uint8_t>(i * 7);
+        text[i] = static_cast<char>('a' + i % 26);
+    }
+    for (std::size_t i = 0; i < ints.size(); ++i)
+        ints[i] = static_cast<std::int32_t>(i * 2654435761u);
+    CHECK(round_trip(bytes) == bytes);
+    CHECK(round_trip(text) == text);
+    CHECK(round_trip(ints) == ints);
+    // Loaded over longer and shorter ones, only what was sent is left.
+    std::vector<char> buf;
+    coproc::serialize_into(buf, bytes, text, ints);
+    std::vector<std::uint8_t> b(2 * n, 1);
+    std::string t("short");
+    std::vector<std::int32_t> i(3, 9);
+    coproc::deserialize_from(buf, b, t, i);
+    CHECK(b == bytes);
+    CHECK(t == text);
+    CHECK(i == ints);
+}
+
+TEST_CASE("populating memory for a write leaves its bytes as they were") {
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const std::size_t pages = 64;
+    auto* fresh = static_cast<unsigned char*>(
+        ::mmap(nullptr, pages * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(fresh != MAP_FAILED);
+    // Only the whole pages inside the range are populated: here all but the first and last.
+    coproc::detail::populate_for_write(fresh + 100, pages * page - 200);
+    std::vector<unsigned char> in_core(pages);
+    REQUIRE(::mincore(fresh, pages * page, in_core.data()) == 0);
+    unsigned char probe = 0;
+    if (::madvise(fresh, page, MADV_POPULATE_WRITE) != 0) {
+        MESSAGE("this kernel has no MADV_POPULATE_WRITE: pages fault in as they are written");
+    } else {
+        for (std::size_t k = 1; k + 1 < pages; ++k)
+            CHECK((in_core[k] & 1) == 1);
+    }
+    for (std::size_t k = 0; k < pages * page; ++k)
+        probe |= fresh[k];
+    CHECK(probe == 0);
+    // Memory already in place, holding data: skipped or populated, it keeps its bytes.
+    for (std::size_t k = 0; k < pages * page; ++k)
+        fresh[k] = static_cast<unsigned char>(k * 31);
+    coproc::detail::populate_for_write(fresh, pages * page);
+    coproc::detail::populate_for_write(fresh + page / 2, page); // no whole page: nothing to do
+    bool kept = true;
+    for (std::size_t k = 0; k < pages * page; ++k)
+        kept &= fresh[k] == static_cast<unsigned char>(k * 31);
+    CHECK(kept);
+    ::munmap(fresh, pages * page);
 }
 
 TEST_CASE("loading into a non-empty container replaces what it held") {
