@@ -31,7 +31,8 @@ run_suite() { # run_suite NAME BUILD_DIR "meson test args" [meson setup options.
 }
 
 # Optimized as a user's default build, without debug info: -g makes g++ take half as long again
-# over the coroutine-heavy tests, and a failing test reports through its own messages.
+# over the coroutine-heavy tests, and a failing test reports through its own messages. The
+# library, samples and bench are built at -O2, the test binaries at -O1 (test/meson.build).
 run_suite release build "--no-suite mpi" -Ddebug=false -Dsamples=true -Dbench=true \
     -Dwerror_library=true
 
