@@ -1,6 +1,7 @@
 // Reuse of pool jobs (see job_recycler in pool_core.hpp): a per-thread cache in front of a
 // shared depot, both bounded; jobs move between them in batches, so the depot's lock is taken
 // once per batch, not once per job.
+#include <coproc/detail/archive.hpp>
 #include <coproc/detail/pool_core.hpp>
 
 #include <mutex>
@@ -91,6 +92,7 @@ void job_recycler::operator()(job* j) const noexcept {
     j->sink.reset();
     j->payload = payload_fd();
     if (cache_gone || j->frame.capacity() > job_kept_frame_bytes) {
+        keep_buffer(std::move(j->frame)); // a large frame's buffer serves the next one
         delete j;
         return;
     }

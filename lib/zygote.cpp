@@ -1,6 +1,7 @@
 // The fork server of a pool (see zygote.hpp).
 #include "zygote.hpp"
 
+#include <coproc/detail/archive.hpp>
 #include "child_setup.hpp"
 #include "io.hpp"
 
@@ -169,7 +170,9 @@ zygote::zygote(const worker_config& cfg) {
     ::setsockopt(req[0], SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
     // The fork server shares every page of this process copy-on-write for the pool's life.
     // Heap pages that are free now would be copied on their next write (4 KiB at a time);
-    // given back to the kernel first, they are neither copied by fork() nor shared after it.
+    // given back to the kernel first, they are neither copied by fork() nor shared after it
+    // (large message buffers kept for reuse, too).
+    release_kept_buffers();
     ::malloc_trim(0);
     pid_ = ::fork();
     if (pid_ == 0) {

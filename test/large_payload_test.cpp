@@ -279,6 +279,21 @@ TEST_CASE("results below, at and above the threshold arrive whole, by apply and 
     }
 }
 
+TEST_CASE("a map of many distinct 1 MiB arguments: each task gets its own bytes, whole") {
+    // Their frames' buffers are reused from one job to the next: every byte of a reused buffer
+    // must be the new frame's.
+    watchdog dog(120s);
+    coproc::pool pool(2);
+    std::vector<std::vector<char>> blobs;
+    std::vector<std::pair<bool, std::uint64_t>> expected;
+    for (unsigned i = 0; i < 48; ++i) {
+        blobs.push_back(pattern((std::size_t{1} << 20) - 8 * i, i));
+        expected.emplace_back(false, checksum(blobs.back()));
+    }
+    CHECK(pool.map_async(inspect, blobs, 1).get() == expected);
+    CHECK(pool.map_async(inspect, blobs, 3).get() == expected);
+}
+
 #if COPROC_ASAN || COPROC_TSAN
 constexpr int large_call_rounds = 2; // 4 MiB each way costs seconds per call under a sanitizer
 #else

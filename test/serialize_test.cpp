@@ -189,6 +189,67 @@ TEST_CASE("populating memory for a write leaves its bytes as they were") {
     ::munmap(fresh, pages * page);
 }
 
+TEST_CASE("a large write goes into the smallest kept buffer that fits it, and reads back whole") {
+    using namespace coproc::detail;
+    release_kept_buffers();
+    REQUIRE(kept_buffer_bytes() == 0);
+    std::vector<char> big, small, tiny, huge;
+    big.reserve(std::size_t{1} << 20);
+    small.reserve(std::size_t{256} << 10);
+    tiny.reserve(reused_buffer_min - 1);
+    huge.reserve(std::size_t{16} << 20);
+    const char* big_at = big.data();
+    const char* small_at = small.data();
+    keep_buffer(std::move(big));
+    keep_buffer(std::move(small));
+    CHECK(kept_buffer_bytes() == (std::size_t{1} << 20) + (std::size_t{256} << 10));
+    keep_buffer(std::move(tiny)); // too small, and too large: freed, not kept
+    keep_buffer(std::move(huge));
+    CHECK(kept_buffer_bytes() == (std::size_t{1} << 20) + (std::size_t{256} << 10));
+
+    std::vector<std::uint8_t> sent(std::size_t{200} << 10);
+    for (std::size_t i = 0; i < sent.size(); ++i)
+        sent[i] = static_cast<std::uint8_t>(i * 13);
+    std::vector<char> out;
+    coproc::serialize_into(out, std::int32_t{7}, sent);
+    CHECK(out.data() == small_at); // the smallest that fits, with what was written before
+    CHECK(kept_buffer_bytes() == std::size_t{1} << 20);
+    std::int32_t seven = 0;
+    std::vector<std::uint8_t> got;
+    coproc::deserialize_from(out, seven, got);
+    CHECK(seven == 7);
+    CHECK(got == sent);
+
+    std::vector<char> out2;
+    const std::vector<std::uint8_t> larger(std::size_t{600} << 10, 9);
+    coproc::serialize_into(out2, larger);
+    CHECK(out2.data() == big_at);
+    CHECK(kept_buffer_bytes() == 0);
+    keep_buffer(std::move(out2));
+    CHECK(kept_buffer_bytes() == std::size_t{1} << 20);
+    release_kept_buffers();
+    CHECK(kept_buffer_bytes() == 0);
+}
+
+TEST_CASE("the buffers kept for reuse are bounded in number and bytes") {
+    using namespace coproc::detail;
+    release_kept_buffers();
+    for (int i = 0; i < 100; ++i) {
+        std::vector<char> b;
+        b.reserve(reused_buffer_min);
+        keep_buffer(std::move(b));
+    }
+    CHECK(kept_buffer_bytes() == 32 * reused_buffer_min); // 32 buffers at most
+    release_kept_buffers();
+    for (int i = 0; i < 10; ++i) {
+        std::vector<char> b;
+        b.reserve(std::size_t{6} << 20);
+        keep_buffer(std::move(b));
+    }
+    CHECK(kept_buffer_bytes() == 5 * (std::size_t{6} << 20)); // 32 MiB in all at most
+    release_kept_buffers();
+}
+
 TEST_CASE("loading into a non-empty container replaces what it held") {
     std::vector<char> buf;
     coproc::serialize_into(buf, std::vector<std::string>{"new"}, std::deque<int>{1},

@@ -35,6 +35,23 @@
 
 namespace coproc::detail {
 
+/// A write that does not fit in its buffer's capacity, and would make the buffer hold this many
+/// bytes or more, moves the buffer into a larger one kept for reuse, if one is (grow_reusing).
+inline constexpr std::size_t reused_buffer_min = std::size_t{64} << 10;
+
+/// Makes room in `out` for `more` bytes with a buffer of large messages kept for reuse (the
+/// smallest kept that fits; `out`'s contents move into it), so that a large message is written
+/// into memory whose pages are in place, not into fresh pages that fault in one by one. Leaves
+/// `out` as it is if none fits.
+void grow_reusing(std::vector<char>& out, std::size_t more);
+/// Keeps `buf` for grow_reusing if its capacity is between reused_buffer_min and 8 MiB and the
+/// process keeps fewer than 32 such buffers of 32 MiB in all; else frees it.
+void keep_buffer(std::vector<char>&& buf) noexcept;
+/// Frees every kept buffer (before a fork, whose child would share their pages).
+void release_kept_buffers() noexcept;
+/// The capacity of the buffers kept now, in bytes.
+std::size_t kept_buffer_bytes() noexcept;
+
 /// Appends cereal's binary form of what it is given to a std::vector<char>, which may not grow
 /// past a limit (a frame's: a write that would is refused with coproc::error before anything is
 /// copied).
@@ -47,6 +64,9 @@ class vector_output_archive
     void saveBinary(const void* data, std::size_t size) {
         if (size > limit_ - std::min(limit_, out_.size())) [[unlikely]]
             too_large();
+        if (size > out_.capacity() - out_.size() && out_.size() + size >= reused_buffer_min)
+            [[unlikely]]
+            grow_reusing(out_, size);
         const char* bytes = static_cast<const char*>(data);
         out_.insert(out_.end(), bytes, bytes + size);
     }
