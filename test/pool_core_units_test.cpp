@@ -142,6 +142,39 @@ TEST_CASE("a chunk encoder puts whole chunks in a job and numbers them in input 
     check(item_by_item);
 }
 
+TEST_CASE("a request's bytes count its arguments out of line, and a call's window a job per "
+          "worker") {
+    auto sink = std::make_shared<null_sink>();
+    const std::string small(100, 'a');
+    job_ptr inline_job = make_job(
+        &length_of,
+        [&](auto& w) {
+            w(small);
+            return 1;
+        },
+        sink, 0);
+    REQUIRE(!inline_job->payload);
+    CHECK(request_bytes(*inline_job) == inline_job->frame.size());
+    const std::string large(out_of_line_threshold + 1000, 'b');
+    job_ptr large_job = make_job(
+        &length_of,
+        [&](auto& w) {
+            w(large);
+            return 1;
+        },
+        sink, 0);
+    if (large_job->payload) { // a memfd could be had: only the count stays in the frame
+        CHECK(large_job->frame.size() < 100);
+        CHECK(request_bytes(*large_job) ==
+              large_job->frame.size() + large.size() + sizeof(std::uint64_t));
+    } else {
+        CHECK(request_bytes(*large_job) == large_job->frame.size());
+    }
+    CHECK(request_bytes(*large_job) > large.size());
+    CHECK(window_for(4, 1).min_jobs == 4);
+    CHECK(window_for(0, 1).min_jobs == 1);
+}
+
 TEST_CASE("a job of several chunks stops adding chunks once its frame holds max_group_bytes") {
     auto sink = std::make_shared<null_sink>();
     std::exception_ptr error;

@@ -27,8 +27,8 @@ namespace coproc::detail {
 /// The shared state of an imap: results by chunk, the parked consumer, the input window.
 template <class R> class imap_state : public chunked_call {
   public:
-    imap_state(std::shared_ptr<pool_core> core, bool ordered, std::size_t max_chunks)
-        : chunked_call(std::move(core), max_chunks), ordered_(ordered) {}
+    imap_state(std::shared_ptr<pool_core> core, bool ordered, call_window window)
+        : chunked_call(std::move(core), window), ordered_(ordered) {}
 
     void on_result(const job& j, std::span<const char> payload) override {
         outcome o;
@@ -176,7 +176,7 @@ template <class R, class Fp, bool Star, class View> class imap_source final : pu
   public:
     imap_source(std::shared_ptr<pool_core> core, bool ordered, Fp fn, View items,
                 std::size_t chunksize, std::size_t workers)
-        : imap_state<R>(std::move(core), ordered, window_chunks(workers, chunksize)),
+        : imap_state<R>(std::move(core), ordered, window_for(workers, chunksize)),
           encoder_(fn, std::move(items), chunksize) {}
 
   protected:

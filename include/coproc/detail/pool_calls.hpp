@@ -74,7 +74,7 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
   public:
     map_call(std::shared_ptr<pool_core> core, std::shared_ptr<completion<std::vector<T>>> c, Fp fn,
              View items, std::size_t n, std::size_t chunksize, std::size_t workers)
-        : chunked_call(std::move(core), window_chunks(workers, chunksize)), c_(std::move(c)),
+        : chunked_call(std::move(core), window_for(workers, chunksize)), c_(std::move(c)),
           results_(n), chunksize_(chunksize), remaining_(n),
           encoder_(fn, std::move(items), chunksize) {}
 

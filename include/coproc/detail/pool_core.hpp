@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -89,6 +90,17 @@ void append_task_prefix(std::vector<char>& out, const task_entry* entry, erased_
 /// The number of items (argument tuples) job `j` carries.
 inline std::size_t items_of(const job& j) noexcept {
     return static_cast<std::size_t>(read_header(j.frame.data()).aux);
+}
+
+/// The bytes job `j`'s request holds: its frame and its arguments out of line, if they are.
+inline std::size_t request_bytes(const job& j) noexcept {
+    std::size_t n = j.frame.size();
+    if (j.payload) { // the frame ends with the count of bytes out of line (wire.hpp)
+        std::uint64_t count;
+        std::memcpy(&count, j.frame.data() + n - sizeof count, sizeof count);
+        n += static_cast<std::size_t>(count);
+    }
+    return n;
 }
 
 /// A job of a map carries several chunks when one chunk runs so briefly that sending and
