@@ -197,6 +197,15 @@ TEST_CASE("map accepts ranges that are not vectors") {
     CHECK(pool.map_async(tasks::square, odd).get().size() == 10);
 }
 
+TEST_CASE("a map of numbers large enough to have its results' memory populated fills every one") {
+    // 90,000 int results take 360 KB: past populate_min_bytes, their pages are mapped first.
+    watchdog dog(60s);
+    coproc::pool pool(2);
+    const auto v = iota(90'000, -45'000); // squares up to 45,000^2: no int overflow
+    CHECK(pool.map_async(tasks::square, v).get() == squares(v));
+    CHECK(pool.map_async(tasks::square, v, 7).get() == squares(v));
+}
+
 TEST_CASE("void task functions with apply_async and map_async") {
     watchdog dog(30s);
     coproc::pool pool(2);

@@ -2,6 +2,7 @@
 // map/starmap's map_call, Python's default chunksize, and how a call keeps its input range.
 #pragma once
 
+#include <coproc/detail/archive.hpp>
 #include <coproc/detail/chunked_call.hpp>
 #include <coproc/detail/completion.hpp>
 #include <coproc/detail/pool_core.hpp>
@@ -75,7 +76,7 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
     map_call(std::shared_ptr<pool_core> core, std::shared_ptr<completion<std::vector<T>>> c, Fp fn,
              View items, std::size_t n, std::size_t chunksize, std::size_t workers)
         : chunked_call(std::move(core), window_for(workers, chunksize)), c_(std::move(c)),
-          results_(n), chunksize_(chunksize), remaining_(n),
+          results_(sized_results(n)), chunksize_(chunksize), remaining_(n),
           encoder_(fn, std::move(items), chunksize) {}
 
     void on_result(const job& j, std::span<const char> payload) override {
@@ -164,6 +165,20 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
             stop_submitting();
             c_->set_error(std::move(e));
         }
+    }
+
+    // The results' vector, its memory populated first when it is large and of numbers (one
+    // call maps its pages rather than a fault each as it is zeroed).
+    static auto sized_results(std::size_t n) {
+        std::vector<slot> v;
+        if constexpr (std::is_arithmetic_v<slot>) {
+            if (n * sizeof(slot) >= populate_min_bytes) {
+                v.reserve(n);
+                populate_for_write(v.data(), n * sizeof(slot));
+            }
+        }
+        v.resize(n);
+        return v;
     }
 
     std::vector<T> take_results() {
