@@ -1,4 +1,5 @@
-// Reuse of large message buffers (see reusing_buffers in include/coproc/detail/archive.hpp):
+// Reuse of large message buffers (see grow_reusing and keep_buffer in
+// include/coproc/detail/archive.hpp):
 // one bounded depot per process.
 #include <coproc/detail/archive.hpp>
 

@@ -145,24 +145,21 @@ TEST_CASE("a chunk encoder puts whole chunks in a job and numbers them in input 
 TEST_CASE("a request's bytes count its arguments out of line, and a call's window a job per "
           "worker") {
     auto sink = std::make_shared<null_sink>();
+    auto request_of = [&](const std::string& arg) {
+        return make_job(
+            &length_of,
+            [&](auto& w) {
+                w(arg);
+                return 1;
+            },
+            sink, 0);
+    };
     const std::string small(100, 'a');
-    job_ptr inline_job = make_job(
-        &length_of,
-        [&](auto& w) {
-            w(small);
-            return 1;
-        },
-        sink, 0);
+    job_ptr inline_job = request_of(small);
     REQUIRE(!inline_job->payload);
     CHECK(request_bytes(*inline_job) == inline_job->frame.size());
     const std::string large(out_of_line_threshold + 1000, 'b');
-    job_ptr large_job = make_job(
-        &length_of,
-        [&](auto& w) {
-            w(large);
-            return 1;
-        },
-        sink, 0);
+    job_ptr large_job = request_of(large);
     if (large_job->payload) { // a memfd could be had: only the count stays in the frame
         CHECK(large_job->frame.size() < 100);
         CHECK(request_bytes(*large_job) ==

@@ -232,6 +232,17 @@ void populate_for_write(void* p, std::size_t n) noexcept;
 /// From this many bytes, a sequence loaded from a message has its memory populated first.
 inline constexpr std::size_t populate_min_bytes = std::size_t{256} << 10;
 
+/// If `n` elements of `seq` take populate_min_bytes or more, empties it and reserves them with
+/// their memory populated (see populate_for_write); else leaves it as it is.
+template <class Seq> void reserve_populated(Seq& seq, std::size_t n) {
+    const std::size_t bytes = n * sizeof(typename Seq::value_type);
+    if (bytes >= populate_min_bytes) {
+        seq.clear();
+        seq.reserve(n);
+        populate_for_write(seq.data(), bytes);
+    }
+}
+
 /// Loads the elements of a vector or string of numbers or characters as bytes. Elements of a
 /// character type that may alias bytes (char, signed and unsigned char) are copied from the
 /// message in one pass: a large result's fresh memory is written once, not zeroed first. Others,
@@ -240,11 +251,7 @@ inline constexpr std::size_t populate_min_bytes = std::size_t{256} << 10;
 template <class Seq> void load_bytes(checked_input_archive& ar, Seq& seq) {
     using T = typename Seq::value_type;
     const std::size_t n = load_count(ar, sizeof(T));
-    if (n * sizeof(T) >= populate_min_bytes) {
-        seq.clear();
-        seq.reserve(n);
-        populate_for_write(seq.data(), n * sizeof(T));
-    }
+    reserve_populated(seq, n);
     if constexpr (sizeof(T) == 1 && !std::is_same_v<T, char8_t>) {
         const auto* first = reinterpret_cast<const T*>(ar.take(n));
         seq.assign(first, first + n);

@@ -282,6 +282,7 @@ class chunked_call : public task_sink {
     /// Throws only if the pool refuses the jobs (terminated).
     void refill(const job* finished = nullptr) {
         std::vector<job_ptr> jobs;
+        std::size_t bytes = 0; // of their requests
         std::exception_ptr input_error;
         bool ended = false;
         {
@@ -297,10 +298,11 @@ class chunked_call : public task_sink {
                     job_ptr j = encode_next(input_error);
                     const bool more = j && !input_error;
                     if (j) {
-                        const std::size_t bytes = request_bytes(*j);
+                        const std::size_t b = request_bytes(*j);
                         jobs.push_back(std::move(j));
                         ++in_flight_;
-                        in_flight_bytes_ += bytes;
+                        in_flight_bytes_ += b;
+                        bytes += b;
                     }
                     if (!more) {
                         input_done_ = true;
@@ -327,9 +329,6 @@ class chunked_call : public task_sink {
         if (jobs.empty() || cancelled())
             return;
         const std::size_t n = jobs.size();
-        std::size_t bytes = 0;
-        for (const auto& j : jobs)
-            bytes += request_bytes(*j);
         try {
             core_->submit_more(std::move(jobs));
         } catch (...) {

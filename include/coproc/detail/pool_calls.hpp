@@ -171,12 +171,8 @@ template <class T, class Fp, bool Star, class View> class map_call final : publi
     // call maps its pages rather than a fault each as it is zeroed).
     static auto sized_results(std::size_t n) {
         std::vector<slot> v;
-        if constexpr (std::is_arithmetic_v<slot>) {
-            if (n * sizeof(slot) >= populate_min_bytes) {
-                v.reserve(n);
-                populate_for_write(v.data(), n * sizeof(slot));
-            }
-        }
+        if constexpr (std::is_arithmetic_v<slot>)
+            reserve_populated(v, n);
         v.resize(n);
         return v;
     }
