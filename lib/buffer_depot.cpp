@@ -1,8 +1,9 @@
-// Reuse of large message buffers (see grow_reusing and keep_buffer in
+// Reuse of large message buffers (see reserve_message and keep_buffer in
 // include/coproc/detail/archive.hpp):
 // one bounded depot per process.
 #include <coproc/detail/archive.hpp>
 
+#include <algorithm>
 #include <mutex>
 #include <pthread.h>
 #include <utility>
@@ -36,9 +37,12 @@ struct depot {
 
 } // namespace
 
-void grow_reusing(std::vector<char>& out, std::size_t more) {
-    const std::size_t need = out.size() + more;
-    std::vector<char> reused;
+void reserve_message(std::vector<char>& out, std::size_t need, std::size_t fresh) {
+    if (need <= out.capacity())
+        return;
+    if (need < reused_buffer_min)
+        return out.reserve(fresh);
+    std::vector<char> bigger;
     {
         depot& d = depot::instance();
         std::lock_guard lk(d.mu);
@@ -48,17 +52,21 @@ void grow_reusing(std::vector<char>& out, std::size_t more) {
                 (best == d.buffers.end() || it->capacity() < best->capacity()))
                 best = it;
         if (best != d.buffers.end()) {
-            reused = std::move(*best);
+            bigger = std::move(*best);
             *best = std::move(d.buffers.back());
             d.buffers.pop_back();
-            d.bytes -= reused.capacity();
+            d.bytes -= bigger.capacity();
         }
     }
-    if (reused.capacity() == 0)
-        return; // none kept fits: the write grows `out` as std::vector does
-    reused.assign(out.begin(), out.end());
-    out.swap(reused);
-    keep_buffer(std::move(reused));
+    if (bigger.capacity() == 0) {
+        fresh = std::max(fresh, need);
+        bigger.reserve(fresh);
+        if (fresh >= populate_min_bytes)
+            populate_for_write(bigger.data(), fresh);
+    }
+    bigger.assign(out.begin(), out.end());
+    out.swap(bigger);
+    keep_buffer(std::move(bigger));
 }
 
 void keep_buffer(std::vector<char>&& buf) noexcept {

@@ -14,17 +14,35 @@
 
 namespace coproc::detail {
 
+namespace {
+
+// Whether every page of [begin, end) (page-aligned) is in memory (false if that is unknown).
+bool all_in_core(std::uintptr_t begin, std::uintptr_t end, std::uintptr_t page) noexcept {
+    constexpr std::size_t batch = 1024;
+    unsigned char in_core[batch];
+    for (std::uintptr_t at = begin; at < end;) {
+        const std::size_t pages = std::min<std::size_t>(batch, (end - at) / page);
+        if (::mincore(reinterpret_cast<void*>(at), pages * page, in_core) != 0)
+            return false;
+        for (std::size_t k = 0; k < pages; ++k)
+            if (!(in_core[k] & 1))
+                return false;
+        at += pages * page;
+    }
+    return true;
+}
+
+} // namespace
+
 void populate_for_write(void* p, std::size_t n) noexcept {
     static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
     const auto begin = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
     const auto end = (reinterpret_cast<std::uintptr_t>(p) + n) & ~(page - 1);
     if (end <= begin)
         return;
-    // Memory malloc hands out again is mostly in place already, and populating it would walk
-    // its pages for nothing: only a range whose first or last page is not is populated.
-    unsigned char first = 0, last = 0;
-    if (::mincore(reinterpret_cast<void*>(begin), page, &first) == 0 &&
-        ::mincore(reinterpret_cast<void*>(end - page), page, &last) == 0 && (first & last & 1))
+    // Memory malloc hands out again is often in place already, and populating it would walk its
+    // pages for nothing: only a range with a page that is not in place is populated.
+    if (all_in_core(begin, end, page))
         return;
     ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
 }
@@ -60,6 +78,8 @@ void frame_decoder::resize(std::size_t size) {
     if (size > capacity_) {
         const std::size_t capacity = std::max(size, 2 * size_);
         std::unique_ptr<char[]> bigger(new char[capacity]);
+        if (capacity >= populate_min_bytes)
+            populate_for_write(bigger.get(), capacity);
         std::memcpy(bigger.get(), buf_.get(), end_);
         buf_ = std::move(bigger);
         capacity_ = capacity;

@@ -231,6 +231,45 @@ TEST_CASE("a large write goes into the smallest kept buffer that fits it, and re
     CHECK(kept_buffer_bytes() == 0);
 }
 
+TEST_CASE("a message buffer with no kept buffer to take grows into populated memory") {
+    using namespace coproc::detail;
+    release_kept_buffers();
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    std::vector<char> out{'a', 'b', 'c'};
+    // Small: reserved as std::vector would, and no kept buffer is taken for it.
+    std::vector<char> spare;
+    spare.reserve(reused_buffer_min);
+    keep_buffer(std::move(spare));
+    reserve_message(out, 100, 200);
+    CHECK(out.capacity() >= 200);
+    CHECK(kept_buffer_bytes() == reused_buffer_min);
+    release_kept_buffers();
+    // Large, none kept: a buffer of `fresh` bytes whose pages are all in place before any write.
+    const std::size_t fresh = 4 * populate_min_bytes;
+    reserve_message(out, populate_min_bytes, fresh);
+    REQUIRE(out.capacity() >= fresh);
+    CHECK(out == std::vector<char>{'a', 'b', 'c'});
+    const auto first = (reinterpret_cast<std::uintptr_t>(out.data()) + page - 1) & ~(page - 1);
+    const std::size_t pages = (fresh - page) / page;
+    std::vector<unsigned char> in_core(pages);
+    REQUIRE(::mincore(reinterpret_cast<void*>(first), pages * page, in_core.data()) == 0);
+    void* probe = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(probe != MAP_FAILED);
+    const bool populates = ::madvise(probe, page, MADV_POPULATE_WRITE) == 0;
+    ::munmap(probe, page);
+    if (!populates) {
+        MESSAGE("this kernel has no MADV_POPULATE_WRITE: pages fault in as they are written");
+    } else {
+        std::size_t resident = 0;
+        for (unsigned char c : in_core)
+            resident += c & 1;
+        CHECK(resident == pages);
+    }
+    // The smaller buffer it left is kept if it is large enough: this one was not.
+    CHECK(kept_buffer_bytes() == 0);
+    release_kept_buffers();
+}
+
 TEST_CASE("the buffers kept for reuse are bounded in number and bytes") {
     using namespace coproc::detail;
     release_kept_buffers();

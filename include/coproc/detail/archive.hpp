@@ -35,16 +35,21 @@
 
 namespace coproc::detail {
 
-/// A write that does not fit in its buffer's capacity, and would make the buffer hold this many
-/// bytes or more, moves the buffer into a larger one kept for reuse, if one is (grow_reusing).
+/// A message buffer that must hold this many bytes or more takes a larger buffer kept for
+/// reuse, if one is (see reserve_message).
 inline constexpr std::size_t reused_buffer_min = std::size_t{64} << 10;
 
-/// Makes room in `out` for `more` bytes with a buffer of large messages kept for reuse (the
-/// smallest kept that fits; `out`'s contents move into it), so that a large message is written
-/// into memory whose pages are in place, not into fresh pages that fault in one by one. Leaves
-/// `out` as it is if none fits.
-void grow_reusing(std::vector<char>& out, std::size_t more);
-/// Keeps `buf` for grow_reusing if its capacity is between reused_buffer_min and 8 MiB and the
+/// From this many bytes, memory a message is about to be written into has its pages populated
+/// first (see populate_for_write).
+inline constexpr std::size_t populate_min_bytes = std::size_t{256} << 10;
+
+/// Makes `out` able to hold `need` bytes (no-op if it can), so that a large message is written
+/// into memory whose pages are in place, not into fresh pages that fault in one by one under the
+/// copy: from reused_buffer_min, the smallest buffer of large messages kept for reuse that holds
+/// `need`; else a new one of `fresh` (>= need) bytes, populated from populate_min_bytes.
+/// `out`'s contents move into it. Below that, `out` reserves `fresh` as std::vector does.
+void reserve_message(std::vector<char>& out, std::size_t need, std::size_t fresh);
+/// Keeps `buf` for reserve_message if its capacity is between reused_buffer_min and 8 MiB and the
 /// process keeps fewer than 32 such buffers of 32 MiB in all; else frees it.
 void keep_buffer(std::vector<char>&& buf) noexcept;
 /// Frees every kept buffer (before a fork, whose child would share their pages).
@@ -64,9 +69,9 @@ class vector_output_archive
     void saveBinary(const void* data, std::size_t size) {
         if (size > limit_ - std::min(limit_, out_.size())) [[unlikely]]
             too_large();
-        if (size > out_.capacity() - out_.size() && out_.size() + size >= reused_buffer_min)
-            [[unlikely]]
-            grow_reusing(out_, size);
+        if (size > out_.capacity() - out_.size()) [[unlikely]]
+            reserve_message(out_, out_.size() + size,
+                            std::max(out_.size() + size, 2 * out_.capacity()));
         const char* bytes = static_cast<const char*>(data);
         out_.insert(out_.end(), bytes, bytes + size);
     }
@@ -228,9 +233,6 @@ requires(!std::is_arithmetic_v<T>) void CEREAL_LOAD_FUNCTION_NAME(checked_input_
 /// them would but without a page fault each; their contents are unchanged. Best effort: a
 /// kernel without it leaves the pages to fault in as they are written.
 void populate_for_write(void* p, std::size_t n) noexcept;
-
-/// From this many bytes, a sequence loaded from a message has its memory populated first.
-inline constexpr std::size_t populate_min_bytes = std::size_t{256} << 10;
 
 /// If `n` elements of `seq` take populate_min_bytes or more, empties it and reserves them with
 /// their memory populated (see populate_for_write); else leaves it as it is.

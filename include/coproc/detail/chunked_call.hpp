@@ -159,6 +159,7 @@ template <class Fp, bool Star, class View> class chunk_encoder {
                 std::min(count, std::max<std::size_t>(max_group_bytes / sizeof(T) / chunksize_, 1) *
                                     chunksize_);
         const std::size_t at = frame.size();
+        reserve_message(frame, at + count * sizeof(T), at + count * sizeof(T));
         frame.resize(at + count * sizeof(T));
         char* out = frame.data() + at;
         try {
@@ -186,7 +187,7 @@ template <class Fp, bool Star, class View> class chunk_encoder {
         if (rest == 0)
             return;
         const std::size_t more = item_bytes <= most / rest ? item_bytes * rest : most;
-        frame.reserve(frame.size() + more);
+        reserve_message(frame, frame.size() + more, frame.size() + more);
     }
 
     static constexpr std::size_t max_reserved_frame = std::size_t{8} << 20;
