@@ -10,12 +10,15 @@
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <csignal>
 #include <cstring>
 #include <list>
 #include <memory>
 #include <ranges>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 using namespace coproc::detail;
@@ -24,6 +27,7 @@ namespace {
 
 int twice(int x) { return 2 * x; }
 std::size_t length_of(std::string s) { return s.size(); }
+double weigh(long a, double b, short c) { return static_cast<double>(a) * b + c; }
 
 struct null_sink final : task_sink {
     void on_result(const job&, std::span<const char>) override {}
@@ -140,6 +144,49 @@ TEST_CASE("a chunk encoder puts whole chunks in a job and numbers them in input 
     chunk_encoder<int (*)(int), false, decltype(std::views::all(listed))> item_by_item(
         &twice, std::views::all(listed), 3);
     check(item_by_item);
+}
+
+// A random-access range of numbers (or tuples of numbers, for starmap) is written a chunk at a
+// time; its frames must hold the bytes that writing each item on its own gives.
+TEST_CASE("a chunk of numbers written in one pass is what item by item writes") {
+    auto sink = std::make_shared<null_sink>();
+    auto frames_of = [&](auto fn, auto star, const auto& items, std::size_t chunksize) {
+        using view = decltype(std::views::all(items));
+        chunk_encoder<decltype(fn), decltype(star)::value, view> enc(fn, std::views::all(items),
+                                                                     chunksize);
+        std::vector<std::vector<char>> frames;
+        std::exception_ptr error;
+        while (job_ptr j = enc.next(sink, error, 2))
+            frames.push_back(j->frame);
+        CHECK(!error);
+        return frames;
+    };
+    using star = std::true_type;
+    std::vector<std::tuple<int, float, int>> tuples;
+    std::vector<std::pair<long, double>> pairs;
+    std::vector<std::array<short, 3>> arrays;
+    for (int i = 0; i < 50; ++i) {
+        tuples.emplace_back(i, 0.5f * static_cast<float>(i), -i);
+        pairs.emplace_back(1000L * i, 0.25 * i);
+        arrays.push_back({static_cast<short>(i), 3, static_cast<short>(-i)});
+    }
+    for (std::size_t chunksize : {1, 7, 100}) {
+        CAPTURE(chunksize);
+        const std::list<std::tuple<int, float, int>> tuple_list(tuples.begin(), tuples.end());
+        CHECK(frames_of(&weigh, star{}, tuples, chunksize) ==
+              frames_of(&weigh, star{}, tuple_list, chunksize));
+        const std::list<std::array<short, 3>> array_list(arrays.begin(), arrays.end());
+        CHECK(frames_of(&weigh, star{}, arrays, chunksize) ==
+              frames_of(&weigh, star{}, array_list, chunksize));
+        const std::list<std::pair<long, double>> pair_list(pairs.begin(), pairs.end());
+        auto scale = +[](long a, double b) { return static_cast<double>(a) * b; };
+        CHECK(frames_of(scale, star{}, pairs, chunksize) ==
+              frames_of(scale, star{}, pair_list, chunksize));
+        const std::vector<short> shorts(50, 9);
+        const std::list<short> short_list(shorts.begin(), shorts.end());
+        CHECK(frames_of(&twice, std::false_type{}, shorts, chunksize) ==
+              frames_of(&twice, std::false_type{}, short_list, chunksize));
+    }
 }
 
 TEST_CASE("a request's bytes count its arguments out of line, and a call's window a job per "

@@ -9,6 +9,7 @@
 #include <asio/io_context.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -24,6 +25,7 @@
 #include <thread>
 #include <tuple>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -141,6 +143,12 @@ asio::awaitable<drained> drain(coproc::async_generator<int> g) {
 
 double halve(double x) { return x / 2; }
 std::int64_t cube(std::int64_t x) { return x * x * x; }
+double weigh(long a, double b, short c) { return static_cast<double>(a) * b + c; }
+long add_failing_at_2(long a, long b) {
+    if (a == 2)
+        throw std::invalid_argument("2");
+    return a + b;
+}
 
 std::vector<int> sorted(std::vector<int> v) {
     std::sort(v.begin(), v.end());
@@ -442,6 +450,46 @@ COPROC_TEST_CASE("a map over numbers gives every result, from every kind of rang
                                 std::invalid_argument);
         }
     }
+    pool.close();
+    co_await pool.async_join();
+}
+
+// A starmap over a random-access range of tuples (pairs, arrays) of numbers into a function of
+// numbers writes each chunk in one pass, and the worker reads its arguments in place; any other
+// range goes item by item. Both must give what the task gives for each item, each number
+// converted to its parameter's type as one item would be.
+COPROC_TEST_CASE("a starmap over numbers gives every result, from every kind of range and "
+                 "chunking") {
+    coproc::pool pool(io.get_executor(), {.processes = 2});
+    for (const int n : {0, 1, 10, 1001}) {
+        std::vector<std::tuple<int, float, int>> tuples;
+        std::vector<std::array<short, 3>> arrays;
+        std::vector<std::pair<long, long>> pairs;
+        std::vector<double> weighed, weighed_arrays;
+        for (int i = 0; i < n; ++i) {
+            tuples.emplace_back(i, 0.5f * static_cast<float>(i), -i);
+            weighed.push_back(weigh(i, 0.5f * static_cast<float>(i), static_cast<short>(-i)));
+            arrays.push_back({static_cast<short>(i), 3, 7});
+            weighed_arrays.push_back(weigh(i, 3, 7));
+            pairs.emplace_back(i, 10);
+        }
+        const std::list<std::tuple<int, float, int>> tuple_list(tuples.begin(), tuples.end());
+        const std::list<std::array<short, 3>> array_list(arrays.begin(), arrays.end());
+        for (const std::size_t chunksize :
+             {std::size_t{0}, std::size_t{1}, std::size_t{3}, std::size_t{1000}, SIZE_MAX}) {
+            CAPTURE(n);
+            CAPTURE(chunksize);
+            CHECK(co_await pool.starmap(weigh, tuples, chunksize) == weighed); // in one pass
+            CHECK(co_await pool.starmap(weigh, tuple_list, chunksize) == weighed);
+            CHECK(co_await pool.starmap(weigh, arrays, chunksize) == weighed_arrays);
+            CHECK(co_await pool.starmap(weigh, array_list, chunksize) == weighed_arrays);
+            if (n > 2) // a task throwing on item 2 of a chunk of numbers fails the starmap
+                CHECK_THROWS_WITH_AS(co_await pool.starmap(add_failing_at_2, pairs, chunksize), "2",
+                                     std::invalid_argument);
+        }
+    }
+    const short three = 3;
+    CHECK(co_await pool.apply(weigh, 2L, 1.5, three) == 6.0); // one task of numbers
     pool.close();
     co_await pool.async_join();
 }

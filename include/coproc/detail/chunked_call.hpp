@@ -138,39 +138,73 @@ template <class Fp, bool Star, class View> class chunk_encoder {
     }
 
   private:
-    // The parameter of a map's one-parameter function (void for starmap and other arities).
-    using number = std::conditional_t<Star, void, sole_param_t<Fp>>;
-    /// A map over a random-access range of numbers into a numeric parameter: each item's bytes
-    /// are the number's own (cereal's binary form), written in one pass over the chunk.
+    using args = typename fn_traits<Fp>::args;
+    using item = std::remove_cvref_t<std::ranges::range_reference_t<View>>;
+
+    // Whether an input item is numbers only: a number for map, a tuple (or pair, array) of as
+    // many numbers as there are parameters for starmap.
+    static constexpr bool numbers_item() {
+        if constexpr (!Star) {
+            return std::is_arithmetic_v<item>;
+        } else if constexpr (requires { std::tuple_size<item>::value; }) {
+            if constexpr (std::tuple_size_v<item> != std::tuple_size_v<args>)
+                return false;
+            else
+                return []<std::size_t... I>(std::index_sequence<I...>) {
+                    return (std::is_arithmetic_v<std::tuple_element_t<I, item>> && ...);
+                }
+            (std::make_index_sequence<std::tuple_size_v<item>>{});
+        } else {
+            return false;
+        }
+    }
+
+    /// A map or starmap of a random-access range of numbers into parameters that are numbers:
+    /// each item's bytes are its numbers' own (cereal's binary form), written in one pass over
+    /// the chunk.
     static constexpr bool raw_items =
-        is_number<number> && std::ranges::random_access_range<View> &&
+        all_numbers<args>::value && std::ranges::random_access_range<View> &&
         std::sized_sentinel_for<std::ranges::sentinel_t<View>, std::ranges::iterator_t<View>> &&
-        std::is_arithmetic_v<std::remove_cvref_t<std::ranges::range_reference_t<View>>>;
+        numbers_item();
+    static constexpr std::size_t raw_item_bytes = numbers_bytes<args>;
+
+    // Writes `x` at `out` as write_item() would: each number converted to its parameter's type.
+    static void put_raw(char* out, const item& x) {
+        auto put = [&]<class A, class V>(std::type_identity<A>, const V& v) {
+            const A a(v);
+            std::memcpy(out, &a, sizeof a);
+            out += sizeof a;
+        };
+        if constexpr (Star)
+            [&]<std::size_t... I>(std::index_sequence<I...>) {
+                (put(std::type_identity<std::tuple_element_t<I, args>>{}, std::get<I>(x)), ...);
+            }
+        (std::make_index_sequence<std::tuple_size_v<args>>{});
+        else put(std::type_identity<std::tuple_element_t<0, args>>{}, x);
+    }
 
     /// The job's (at most `limit`) items as write_item() would write them, one after the other,
     /// counting them in `n`; an item that cannot be read ends the input there, as in next().
     std::size_t write_raw(std::vector<char>& frame, std::size_t limit, std::size_t& n,
                           std::exception_ptr& error) {
-        using T = std::remove_cv_t<number>;
+        constexpr std::size_t bytes = raw_item_bytes;
         const auto left = static_cast<std::size_t>(std::ranges::end(items_) - it_);
         std::size_t count = std::min(limit, left);
         if (count > chunksize_) // whole chunks, in about max_group_bytes
-            count =
-                std::min(count, std::max<std::size_t>(max_group_bytes / sizeof(T) / chunksize_, 1) *
-                                    chunksize_);
+            count = std::min(count, std::max<std::size_t>(max_group_bytes / bytes / chunksize_, 1) *
+                                        chunksize_);
         const std::size_t at = frame.size();
-        reserve_message(frame, at + count * sizeof(T), at + count * sizeof(T));
-        frame.resize(at + count * sizeof(T));
+        reserve_message(frame, at + count * bytes, at + count * bytes);
+        frame.resize(at + count * bytes);
         char* out = frame.data() + at;
         try {
             while (n < count) {
-                const T v(*it_);
-                std::memcpy(out + n * sizeof v, &v, sizeof v);
+                put_raw(out + n * bytes, *it_);
                 ++n;
                 ++it_;
             }
         } catch (...) {
-            frame.resize(at + n * sizeof(T));
+            frame.resize(at + n * bytes);
             error = std::current_exception();
         }
         return n;

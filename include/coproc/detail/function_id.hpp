@@ -133,28 +133,46 @@ template <class A> struct sole_param<std::tuple<A>> { using type = A; };
 /// The one parameter (decayed) of task function pointer `Fp`; void if it has not exactly one.
 template <class Fp> using sole_param_t = typename sole_param<typename fn_traits<Fp>::args>::type;
 
-/// Whether `Fp` takes one number and returns one.
-template <class Fp>
-inline constexpr bool numbers_to_numbers = is_number<sole_param_t<Fp>> &&
-                                           (is_number<typename fn_traits<Fp>::result>);
+/// Whether every element of the argument tuple `Args` is a number (and there is one at least).
+template <class Args> struct all_numbers : std::false_type {};
+template <class... A>
+struct all_numbers<std::tuple<A...>>
+    : std::bool_constant<(sizeof...(A) > 0) && (is_number<A> && ...)> {};
 
-/// invoke_task() for a function of one number returning one: the arguments are read in place
-/// and the results written in one pass, the same bytes as item by item.
+/// The bytes of one item of arguments `Args` that are all numbers: their binary forms one after
+/// the other, as cereal writes a tuple.
+template <class Args> inline constexpr std::size_t numbers_bytes = 0;
+template <class... A>
+inline constexpr std::size_t numbers_bytes<std::tuple<A...>> = (sizeof(A) + ... + 0);
+
+/// Whether `Fp` takes numbers only and returns one.
+template <class Fp>
+inline constexpr bool numbers_to_numbers =
+    all_numbers<typename fn_traits<Fp>::args>::value&& is_number<typename fn_traits<Fp>::result>;
+
+/// Copies the numbers of `args` out of `from`, which holds their binary forms one after the
+/// other (numbers_bytes of them).
+template <class... A> void read_numbers_of(std::tuple<A...>& args, const char* from) noexcept {
+    std::apply([&](A&... a) { ((std::memcpy(&a, from, sizeof a), from += sizeof a), ...); }, args);
+}
+
+/// invoke_task() for a function of numbers returning one: the arguments are read in place and
+/// the results written in one pass, the same bytes as item by item.
 template <class Fp>
 void invoke_on_numbers(Fp fn, reader& in, writer& out, std::uint64_t count, std::uint64_t& done) {
-    using A = sole_param_t<Fp>;
-    using P = std::tuple_element_t<0, typename fn_traits<Fp>::params>;
-    using R = typename fn_traits<Fp>::result;
-    if (count > in.remaining() / sizeof(A))
+    using traits = fn_traits<Fp>;
+    using R = typename traits::result;
+    constexpr std::size_t item_bytes = numbers_bytes<typename traits::args>;
+    if (count > in.remaining() / item_bytes)
         throw_malformed("task arguments", "fewer bytes than its numbers take");
-    const char* args = in.take(count * sizeof(A));
+    const char* args = in.take(count * item_bytes);
     std::vector<char>& results = out.buffer();
     const std::size_t at = results.size();
     results.resize(at + count * sizeof(R));
     for (done = 0; done < count; ++done) {
-        A a;
-        std::memcpy(&a, args + done * sizeof a, sizeof a);
-        const R r = fn(pass_arg<P>(a));
+        typename traits::args a;
+        read_numbers_of(a, args + done * item_bytes);
+        const R r = call_with(fn, a, std::make_index_sequence<traits::arity>{});
         std::memcpy(results.data() + at + done * sizeof r, &r, sizeof r);
     }
 }
