@@ -87,6 +87,25 @@ job_ptr new_job() {
     return job_ptr(j);
 }
 
+void release_kept_jobs() noexcept {
+    {
+        depot& d = depot::instance();
+        std::lock_guard lk(d.mu);
+        for (job* j : d.jobs)
+            delete j;   // a kept job holds nothing but its frame's buffer
+        d.jobs.clear(); // keeps its capacity: give_back() still never allocates
+    }
+    if (!cache_gone) {
+        try {
+            cache& c = cache::of_thread();
+            for (job* j : c.jobs)
+                delete j;
+            c.jobs.clear();
+        } catch (...) { // no thread-local storage left (the thread is exiting)
+        }
+    }
+}
+
 void job_recycler::operator()(job* j) const noexcept {
     // What a job holds goes now, as with delete: its call, its arguments' memfd.
     j->sink.reset();

@@ -2,6 +2,7 @@
 #include "zygote.hpp"
 
 #include <coproc/detail/archive.hpp>
+#include <coproc/detail/pool_core.hpp>
 #include "child_setup.hpp"
 #include "io.hpp"
 
@@ -171,8 +172,9 @@ zygote::zygote(const worker_config& cfg) {
     // The fork server shares every page of this process copy-on-write for the pool's life.
     // Heap pages that are free now would be copied on their next write (4 KiB at a time);
     // given back to the kernel first, they are neither copied by fork() nor shared after it
-    // (large message buffers kept for reuse, too).
+    // (large message buffers and jobs kept for reuse, too).
     release_kept_buffers();
+    release_kept_jobs();
     ::malloc_trim(0);
     pid_ = ::fork();
     if (pid_ == 0) {

@@ -7,6 +7,7 @@
 #include "../lib/task_key.hpp"
 #include "../lib/timeout_watch.hpp"
 #include "../lib/worker_link.hpp"
+#include "alloc_counter.hpp"
 
 #include <doctest/doctest.h>
 
@@ -144,6 +145,26 @@ TEST_CASE("a chunk encoder puts whole chunks in a job and numbers them in input 
     chunk_encoder<int (*)(int), false, decltype(std::views::all(listed))> item_by_item(
         &twice, std::views::all(listed), 3);
     check(item_by_item);
+}
+
+TEST_CASE("freed jobs are reused, until a fork server is about to be forked") {
+    release_kept_jobs();
+    std::vector<job_ptr> jobs;
+    auto make = [&] {
+        for (int i = 0; i < 10; ++i)
+            jobs.push_back(new_job());
+    };
+    make();
+    jobs.clear(); // kept in this thread's cache
+    coproc::test::take_total_allocated();
+    make();
+    CHECK(coproc::test::take_total_allocated() == 0); // all ten reused
+    jobs.clear();
+    // The fork server would share their pages, and the next writes to them would copy them.
+    release_kept_jobs();
+    make();
+    CHECK(coproc::test::take_total_allocated() >= 10 * sizeof(job));
+    jobs.clear();
 }
 
 // A random-access range of numbers (or tuples of numbers, for starmap) is written a chunk at a

@@ -79,6 +79,9 @@ struct job_recycler {
 using job_ptr = std::unique_ptr<job, job_recycler>;
 /// An empty job, reused if one is kept.
 job_ptr new_job();
+/// Frees the jobs kept in the shared depot and in this thread's cache (before a fork, whose
+/// child would share their pages).
+void release_kept_jobs() noexcept;
 
 inline constexpr std::size_t job_kept_frame_bytes = 1024;
 
