@@ -127,12 +127,6 @@ decltype(auto) call_with(Fp fn, typename fn_traits<Fp>::args& a, std::index_sequ
 template <class T>
 inline constexpr bool is_number = std::is_arithmetic_v<T> && !std::is_same_v<T, bool>;
 
-/// The one parameter of a function of arguments `Args` (void for other arities).
-template <class Args> struct sole_param { using type = void; };
-template <class A> struct sole_param<std::tuple<A>> { using type = A; };
-/// The one parameter (decayed) of task function pointer `Fp`; void if it has not exactly one.
-template <class Fp> using sole_param_t = typename sole_param<typename fn_traits<Fp>::args>::type;
-
 /// Whether every element of the argument tuple `Args` is a number (and there is one at least).
 template <class Args> struct all_numbers : std::false_type {};
 template <class... A>
@@ -148,7 +142,7 @@ inline constexpr std::size_t numbers_bytes<std::tuple<A...>> = (sizeof(A) + ... 
 /// Whether `Fp` takes numbers only and returns one.
 template <class Fp>
 inline constexpr bool numbers_to_numbers =
-    all_numbers<typename fn_traits<Fp>::args>::value&& is_number<typename fn_traits<Fp>::result>;
+    (all_numbers<typename fn_traits<Fp>::args>::value) && is_number<typename fn_traits<Fp>::result>;
 
 /// Copies the numbers of `args` out of `from`, which holds their binary forms one after the
 /// other (numbers_bytes of them).
